@@ -1,0 +1,58 @@
+# tinykd — two commands matter: `make demo` and `make test`. Both run
+# `make setup` first, which installs what the project needs (idempotent).
+
+CARGO   ?= cargo
+PYTHON  := .venv/bin/python
+TINYKD  := target/release/tinykd
+BUILD   := build
+CONFORMANCE_DIR := $(BUILD)/onnx-node-tests
+CROSSCHECK_DIR  := $(BUILD)/crosscheck
+DEMO_MODEL      := models/demo/fashion_mlp.onnx
+
+.PHONY: setup build test demo conformance crosscheck-data fmt-check no-std firmware ops-doc size clean
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	$(CARGO) build --release -p tinykd
+
+# Test data generated from the installed onnx package (git-ignored).
+crosscheck-data: setup
+	@$(PYTHON) scripts/gen_conformance.py $(CONFORMANCE_DIR)
+	@$(PYTHON) scripts/gen_crosscheck_models.py $(CROSSCHECK_DIR)
+
+conformance: build crosscheck-data
+	$(TINYKD) conformance $(CONFORMANCE_DIR) --json --ops-doc $(BUILD)/ops.md > $(BUILD)/conformance.json || { cat $(BUILD)/conformance.json; exit 1; }
+	@$(PYTHON) -c "import json; s = json.load(open('$(BUILD)/conformance.json')); print('conformance:', {k: s[k] for k in ('passed', 'failed', 'unsupported')}); assert s['failed'] == 0 and s['passed'] >= 150"
+
+# The runtime must build with no allocator for both MCU targets.
+no-std: setup
+	$(CARGO) build --release -p tinykd-runtime --target thumbv7em-none-eabihf
+	$(CARGO) build --release -p tinykd-runtime --target riscv32imac-unknown-none-elf
+
+# The Cortex-M4 firmware runs the demo MLP under QEMU and must match the host.
+firmware: setup
+	cd targets/cortex-m4 && timeout 600 $(CARGO) run --release
+
+fmt-check:
+	$(CARGO) fmt --all --check
+
+test: setup fmt-check crosscheck-data
+	$(CARGO) test --release --workspace
+	$(MAKE) --no-print-directory conformance no-std firmware
+
+demo: build
+	$(TINYKD) inspect $(DEMO_MODEL)
+	$(TINYKD) infer $(DEMO_MODEL) --input models/demo/sample_0.npy --output $(BUILD)/demo_logits.npy
+
+# Regenerates docs/ops.md from the conformance run.
+ops-doc: conformance
+	cp $(BUILD)/ops.md docs/ops.md
+
+size: setup
+	bash scripts/size_report.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf $(BUILD)

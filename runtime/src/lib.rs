@@ -1,0 +1,31 @@
+//! tinykd-runtime: a `no_std`, no-allocation ONNX runtime for small devices.
+//!
+//! ```text
+//! let model = Model::parse(bytes)?;              // validate + plan, no heap
+//! let mut arena = [0u8; N];                      // N ≥ model.arena_size()
+//! let mut session = Session::new(&model, &mut arena)?;
+//! session.run(&[&input], &mut [&mut output])?;   // allocates nothing
+//! ```
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+pub mod error;
+pub mod kernels;
+pub mod limits;
+pub mod model;
+pub mod ops;
+pub mod planner;
+pub mod proto;
+pub mod session;
+pub mod tensor;
+pub mod value;
+
+pub use error::Error;
+pub use model::{Bindings, ConstInput, Model, Node};
+pub use session::{AlignedArena, Session};
+pub use tensor::{DType, Shape};
+pub use value::Value;

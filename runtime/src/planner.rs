@@ -1,0 +1,298 @@
+//! Memory planner: gives every intermediate tensor an offset in one arena.
+//!
+//! Algorithm (TFLite Micro's "greedy by size"): tensors that may share
+//! storage (an op's output reusing its input in place, or a reshape-like
+//! output aliasing its input) are merged into one buffer; each buffer lives
+//! from the node that first writes it to the last node that reads it (graph
+//! outputs to the end). Buffers are placed largest first, each at the lowest
+//! 16-byte-aligned offset where it overlaps no placed buffer whose lifetime
+//! intersects its own. Cost: O(B² log B) for B buffers, at load time only.
+//! Constants the runtime cannot read in place (misaligned or varint-encoded)
+//! get a buffer that lives for the whole run.
+
+use crate::error::Error;
+use crate::limits::MAX_VALUES;
+use crate::model::Model;
+use crate::proto::onnx::TensorData;
+use crate::tensor::DType;
+use crate::value::{ConstData, ValueKind};
+
+/// Arena alignment and size granularity, in bytes.
+pub const ALIGN: usize = 16;
+
+/// No arena storage (graph inputs, in-place constants, unused values).
+pub const NONE: u32 = u32::MAX;
+
+/// The result of planning: an arena offset per value.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// Byte offset of each value in the arena, or [`NONE`].
+    pub offsets: [u32; MAX_VALUES],
+    /// Bytes of arena needed.
+    pub arena_size: usize,
+    /// The largest total size of simultaneously live buffers: no plan can
+    /// use less.
+    pub lower_bound: usize,
+    /// Bytes of constants copied into the arena because the file's layout
+    /// does not let them be read in place (included in `arena_size` and
+    /// `lower_bound`; 0 for files written by tinykd's exporter).
+    pub staged_constant_bytes: usize,
+    /// Number of distinct buffers placed.
+    pub buffers: usize,
+}
+
+impl Default for Plan {
+    fn default() -> Self {
+        Plan {
+            offsets: [NONE; MAX_VALUES],
+            arena_size: 0,
+            lower_bound: 0,
+            staged_constant_bytes: 0,
+            buffers: 0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Buffer {
+    size: usize,
+    first: usize,
+    last: usize,
+    offset: usize,
+}
+
+fn aligned(bytes: usize) -> Option<usize> {
+    bytes.checked_add(ALIGN - 1).map(|b| b & !(ALIGN - 1))
+}
+
+/// Whether constant data of `dtype` can be read in place as a typed slice.
+pub fn readable_in_place(dtype: DType, data: &ConstData<'_>) -> bool {
+    match data {
+        ConstData::Tensor(TensorData::Raw(raw)) => {
+            dtype == DType::F32 && (raw.as_ptr() as usize) % core::mem::align_of::<f32>() == 0
+        }
+        ConstData::Tensor(TensorData::Empty) => true,
+        _ => false,
+    }
+}
+
+/// Plans `model`'s arena.
+pub fn plan(model: &Model<'_>) -> Result<Plan, Error> {
+    let values = model.values();
+    let nodes = model.nodes();
+    let end = nodes.len();
+    let overflow = || Error::TooLarge {
+        what: "bytes of arena",
+        limit: u32::MAX as usize,
+    };
+
+    // Last reader of each value.
+    let mut last_use = [0usize; MAX_VALUES];
+    let mut used_at_run_time = [false; MAX_VALUES];
+    for (j, node) in nodes.iter().enumerate() {
+        if node.op == crate::ops::Op::Nop {
+            continue;
+        }
+        for id in model.node_inputs(node).flatten() {
+            last_use[usize::from(id)] = j;
+            used_at_run_time[usize::from(id)] = true;
+        }
+    }
+    for &id in model.output_ids() {
+        last_use[usize::from(id)] = end;
+        used_at_run_time[usize::from(id)] = true;
+    }
+
+    let mut buffers = [Buffer::default(); MAX_VALUES];
+    let mut n_buffers = 0;
+    let mut buffer_of = [u16::MAX; MAX_VALUES];
+    fn new_buffer(
+        buffers: &mut [Buffer],
+        n: &mut usize,
+        size: usize,
+        first: usize,
+        last: usize,
+    ) -> u16 {
+        buffers[*n] = Buffer {
+            size,
+            first,
+            last,
+            offset: 0,
+        };
+        *n += 1;
+        (*n - 1) as u16
+    }
+
+    // Staged constants live for the whole run.
+    let mut staged_constant_bytes = 0usize;
+    for (id, v) in values.iter().enumerate() {
+        if let ValueKind::Constant(c) = v.kind {
+            if used_at_run_time[id] && v.dtype == DType::F32 && !readable_in_place(v.dtype, &c) {
+                let size = aligned(v.len() * 4).ok_or_else(overflow)?;
+                staged_constant_bytes += size;
+                buffer_of[id] = new_buffer(&mut buffers, &mut n_buffers, size, 0, end);
+            }
+        }
+    }
+
+    for (j, node) in nodes.iter().enumerate() {
+        let Some(out) = node.output else { continue };
+        let out = usize::from(out);
+        if !matches!(values[out].kind, ValueKind::Computed(_)) || !used_at_run_time[out] {
+            continue;
+        }
+        let size = aligned(values[out].len() * values[out].dtype.size()).ok_or_else(overflow)?;
+        let input = model.node_inputs(node).next().flatten().map(usize::from);
+        let shared = input.filter(|&i| {
+            let b = buffer_of[i];
+            let computed = matches!(values[i].kind, ValueKind::Computed(_));
+            computed
+                && b != u16::MAX
+                && (node.op.is_alias()
+                    || (node.op.in_place()
+                        && buffers[usize::from(b)].last <= j
+                        && last_use[i] <= j))
+        });
+        let b = match shared {
+            Some(i) => buffer_of[i],
+            None => new_buffer(&mut buffers, &mut n_buffers, size, j, last_use[out]),
+        };
+        let buf = &mut buffers[usize::from(b)];
+        buf.last = buf.last.max(last_use[out]);
+        buf.size = buf.size.max(size);
+        buffer_of[out] = b;
+    }
+
+    let buffers = &mut buffers[..n_buffers];
+    let lower_bound = (0..=end)
+        .map(|t| {
+            buffers
+                .iter()
+                .filter(|b| b.first <= t && t <= b.last)
+                .map(|b| b.size)
+                .sum::<usize>()
+        })
+        .max()
+        .unwrap_or(0);
+
+    // Largest first; ties by earlier start for a stable result.
+    let mut order = [0u16; MAX_VALUES];
+    for (i, o) in order[..n_buffers].iter_mut().enumerate() {
+        *o = i as u16;
+    }
+    let order = &mut order[..n_buffers];
+    order.sort_unstable_by(|&a, &b| {
+        let (a, b) = (&buffers[usize::from(a)], &buffers[usize::from(b)]);
+        b.size.cmp(&a.size).then(a.first.cmp(&b.first))
+    });
+    let mut arena_size = 0usize;
+    for (placed, &id) in order.iter().enumerate() {
+        let buf = buffers[usize::from(id)];
+        // Offsets of already-placed buffers whose lifetimes intersect, sorted.
+        let mut conflicts = [(0usize, 0usize); MAX_VALUES];
+        let mut n = 0;
+        for &other in &order[..placed] {
+            let o = &buffers[usize::from(other)];
+            if o.first <= buf.last && buf.first <= o.last {
+                conflicts[n] = (o.offset, o.offset + o.size);
+                n += 1;
+            }
+        }
+        let conflicts = &mut conflicts[..n];
+        conflicts.sort_unstable();
+        let mut offset = 0;
+        for &(start, stop) in conflicts.iter() {
+            if offset + buf.size <= start {
+                break;
+            }
+            offset = offset.max(stop);
+        }
+        buffers[usize::from(id)].offset = offset;
+        arena_size = arena_size.max(offset.checked_add(buf.size).ok_or_else(overflow)?);
+    }
+    if arena_size > u32::MAX as usize {
+        return Err(overflow());
+    }
+
+    let mut plan = Plan {
+        arena_size,
+        lower_bound,
+        staged_constant_bytes,
+        buffers: n_buffers,
+        ..Plan::default()
+    };
+    for (id, &b) in buffer_of[..values.len()].iter().enumerate() {
+        if b != u16::MAX {
+            plan.offsets[id] = buffers[usize::from(b)].offset as u32;
+        }
+    }
+    Ok(plan)
+}
+
+/// Checks a plan against its model: every two values whose buffers are live
+/// at the same time either share storage legitimately (alias/in-place chains)
+/// or do not overlap. Returns the first conflicting pair.
+pub fn find_overlap(model: &Model<'_>) -> Option<(usize, usize)> {
+    let plan = model.plan();
+    let values = model.values();
+    let nodes = model.nodes();
+    let end = nodes.len();
+    let mut live = [(usize::MAX, 0usize); MAX_VALUES];
+    for (j, node) in nodes.iter().enumerate() {
+        if node.op == crate::ops::Op::Nop {
+            continue;
+        }
+        if let Some(o) = node.output {
+            let l = &mut live[usize::from(o)];
+            l.0 = l.0.min(j);
+            l.1 = l.1.max(j);
+        }
+        for id in model.node_inputs(node).flatten() {
+            let l = &mut live[usize::from(id)];
+            l.0 = l.0.min(j);
+            l.1 = l.1.max(j);
+        }
+    }
+    for &id in model.output_ids() {
+        live[usize::from(id)].1 = end;
+    }
+    for (id, v) in values.iter().enumerate() {
+        if matches!(v.kind, ValueKind::Constant(_)) {
+            live[id] = (0, end);
+        }
+    }
+    // Reshape-like and in-place outputs that share their input's bytes form
+    // chains of legitimately shared storage.
+    let mut alias_of = [u16::MAX; MAX_VALUES];
+    for node in nodes.iter().filter(|n| n.op.is_alias() || n.op.in_place()) {
+        if let (Some(o), Some(Some(i))) = (node.output, model.node_inputs(node).next()) {
+            if plan.offsets[usize::from(o)] == plan.offsets[usize::from(i)] {
+                alias_of[usize::from(o)] = i;
+            }
+        }
+    }
+    let root = |mut id: usize| {
+        while alias_of[id] != u16::MAX {
+            id = usize::from(alias_of[id]);
+        }
+        id
+    };
+    let extent = |id: usize| {
+        let start = plan.offsets[id] as usize;
+        (start, start + values[id].len() * values[id].dtype.size())
+    };
+    for a in 0..values.len() {
+        for b in a + 1..values.len() {
+            if plan.offsets[a] == NONE || plan.offsets[b] == NONE || root(a) == root(b) {
+                continue;
+            }
+            let ((sa, ea), (sb, eb)) = (extent(a), extent(b));
+            let (la, lb) = (live[a], live[b]);
+            let time = la.0 <= lb.1 && lb.0 <= la.1;
+            if sa < eb && sb < ea && time {
+                return Some((a, b));
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,4 @@
+//! The ONNX protobuf format, read in place.
+
+pub mod onnx;
+pub mod wire;

@@ -1,0 +1,151 @@
+//! Values of a graph: graph inputs, constants (initializers and `Constant`
+//! nodes, read in place from the file) and node outputs.
+
+use crate::proto::onnx::{TensorData, TypedWords};
+use crate::tensor::{DType, Shape};
+
+/// Where a value's data comes from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ValueKind<'a> {
+    /// The caller passes it to `Session::run` (graph input number `n`).
+    Input(u16),
+    /// Constant data inside the model file (or bound by the caller at load).
+    Constant(ConstData<'a>),
+    /// Produced by node number `n` at run time.
+    Computed(u16),
+}
+
+/// Constant elements, still in the file's encoding.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ConstData<'a> {
+    /// A TensorProto payload.
+    Tensor(TensorData<'a>),
+    /// A single f32 (`Constant` node `value_float`).
+    F32(f32),
+    /// A single i64 (`Constant` node `value_int`).
+    I64(i64),
+}
+
+/// One value of the graph: its name, type and static shape.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Value<'a> {
+    /// The ONNX value name.
+    pub name: &'a str,
+    /// Element type.
+    pub dtype: DType,
+    /// Static shape (symbolic dims already bound).
+    pub shape: Shape,
+    /// Where the data comes from.
+    pub kind: ValueKind<'a>,
+}
+
+impl<'a> Value<'a> {
+    /// Element count (validated not to overflow when the value was created).
+    pub fn len(&self) -> usize {
+        self.shape.num_elements().unwrap_or(0)
+    }
+
+    /// Whether the value has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The constant data, if the value is a constant.
+    pub fn constant(&self) -> Option<ConstData<'a>> {
+        match self.kind {
+            ValueKind::Constant(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Reads constant element `i` as f64 (exact for f32 and for integers up
+    /// to 2^53); `None` if not constant, out of range or undecodable.
+    pub fn const_element(&self, i: usize) -> Option<f64> {
+        let data = self.constant()?;
+        if i >= self.len() {
+            return None;
+        }
+        match data {
+            ConstData::F32(v) => Some(f64::from(v)),
+            ConstData::I64(v) => Some(v as f64),
+            ConstData::Tensor(TensorData::Raw(bytes)) => {
+                let size = self.dtype.size();
+                let b = bytes.get(i * size..(i + 1) * size)?;
+                Some(match self.dtype {
+                    DType::F32 => f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                    DType::F64 => {
+                        f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+                    }
+                    DType::I64 => {
+                        i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f64
+                    }
+                    DType::I32 => f64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                    DType::I8 => f64::from(b[0] as i8),
+                    DType::U8 | DType::Bool => f64::from(b[0]),
+                    _ => return None,
+                })
+            }
+            ConstData::Tensor(TensorData::Typed {
+                field,
+                width,
+                message,
+            }) => {
+                let word = TypedWords::new(message, field, width).nth(i)?.ok()?;
+                Some(match self.dtype {
+                    DType::F32 => f64::from(f32::from_bits(word as u32)),
+                    DType::F64 => f64::from_bits(word),
+                    DType::I64 => word as i64 as f64,
+                    DType::I32 | DType::I8 => f64::from(word as u32 as i32),
+                    DType::U8 | DType::Bool => word as f64,
+                    _ => return None,
+                })
+            }
+            ConstData::Tensor(TensorData::Empty) => None,
+        }
+    }
+
+    /// Reads an integer constant (int64 or int32) into `out`; returns the
+    /// count, or `None` if not an integer constant or longer than `out`.
+    pub fn const_ints(&self, out: &mut [i64]) -> Option<usize> {
+        if !matches!(self.dtype, DType::I64 | DType::I32) {
+            return None;
+        }
+        let n = self.len();
+        if n > out.len() {
+            return None;
+        }
+        match self.constant()? {
+            ConstData::I64(v) => out[0] = v,
+            ConstData::Tensor(TensorData::Typed {
+                field,
+                width,
+                message,
+            }) => {
+                for (slot, w) in out[..n]
+                    .iter_mut()
+                    .zip(TypedWords::new(message, field, width))
+                {
+                    *slot = if self.dtype == DType::I32 {
+                        w.ok()? as u32 as i32 as i64
+                    } else {
+                        w.ok()? as i64
+                    };
+                }
+            }
+            _ => {
+                for (i, slot) in out[..n].iter_mut().enumerate() {
+                    *slot = self.const_element(i)? as i64;
+                }
+            }
+        }
+        Some(n)
+    }
+
+    /// Reads a scalar (one-element) float constant.
+    pub fn const_scalar_f32(&self) -> Option<f32> {
+        if self.len() != 1 || self.dtype != DType::F32 {
+            return None;
+        }
+        self.const_element(0).map(|v| v as f32)
+    }
+}

@@ -1,0 +1,332 @@
+//! Cortex-M4F firmware for tinykd: runs the embedded ONNX model once with
+//! `tinykd-runtime` and reports over semihosting the outputs, the argmax, the
+//! instructions (QEMU) or cycles (hardware) of one inference, and the stack
+//! high-water marks of loading and running.
+//!
+//! Memory: the model file stays in flash (weights are read in place), the
+//! parsed `Model` and the arena live in `.bss`, the input is a flash constant.
+#![no_std]
+#![no_main]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+use core::fmt;
+use core::mem::size_of;
+use cortex_m_rt::{entry, exception, ExceptionFrame};
+use cortex_m_semihosting::{debug, hprintln};
+use tinykd_runtime::{AlignedArena, Error, Model, Session};
+
+/// Arena bytes reserved at link time. Checked against `model.arena_size()`
+/// at start-up, so a model that needs more fails loudly. The demo MLP needs
+/// 6192: 560 for activations plus 5632 for `fc1.bias` and `fc2.weight`, whose
+/// raw_data sit at unaligned file offsets and so are copied into the arena
+/// (a file from tinykd's exporter, which aligns them, needs only the 560).
+const ARENA_BYTES: usize = 6192;
+
+/// Largest output tensor the firmware can receive, in f32s.
+const OUTPUT_CAPACITY: usize = 16;
+
+/// Gives `include_bytes!` data the alignment the runtime needs to read f32
+/// weights in place (the exporter aligns every raw_data to 16 in the file).
+#[repr(C, align(16))]
+struct Aligned<T: ?Sized>(T);
+
+/// The ONNX file, linked into flash (`.rodata`); never copied to RAM.
+static MODEL_ONNX: &Aligned<[u8]> = &Aligned(*include_bytes!(env!("TINYKD_MODEL_PATH")));
+
+/// The input tensor, decoded from the `.npy` file by build.rs.
+static INPUT: &[f32] = &include!(concat!(env!("OUT_DIR"), "/input.rs"));
+
+/// The same model's output computed on the host by build.rs with the same
+/// runtime: the device must agree (f32, so within 1e-5 relative).
+static EXPECTED: &[f32] = &include!(concat!(env!("OUT_DIR"), "/expected.rs"));
+
+/// Loads the model, runs one inference and reports what it cost.
+#[entry]
+fn main() -> ! {
+    counter::init();
+    stack::paint();
+
+    let model = load();
+    let stack_parse = stack::high_water();
+
+    hprintln!(
+        "model: opset {}, {} nodes, {} MACs, {} weight bytes, arena {} of {} bytes",
+        model.opset(),
+        model.nodes().len(),
+        model.macs(),
+        model.parameters().1,
+        model.arena_size(),
+        ARENA_BYTES
+    );
+    hprintln!("size_of::<Model>() = {} bytes", size_of::<Model>());
+    if model.arena_size() > ARENA_BYTES {
+        fail(format_args!(
+            "the model needs {} arena bytes; raise ARENA_BYTES",
+            model.arena_size()
+        ));
+    }
+    if model.inputs().len() != 1 || model.outputs().len() != 1 {
+        fail(format_args!(
+            "this firmware feeds one input and reads one output"
+        ));
+    }
+    let out_len = model.outputs().next().map_or(0, |v| v.len());
+    if out_len > OUTPUT_CAPACITY {
+        fail(format_args!(
+            "output has {out_len} elements; raise OUTPUT_CAPACITY"
+        ));
+    }
+
+    let arena = cortex_m::singleton!(: AlignedArena<ARENA_BYTES> = AlignedArena::new()).unwrap();
+    let mut session = Session::new(model, &mut arena.0)
+        .unwrap_or_else(|e| fail(format_args!("Session::new: {e}")));
+    let mut output = [0f32; OUTPUT_CAPACITY];
+    let output = &mut output[..out_len];
+
+    // Only the inference is counted; the stack is repainted so that its
+    // high-water mark is the running one, not the (deeper) parsing one.
+    stack::paint();
+    let (error, count) = counter::measure(|| session.run(&[INPUT], &mut [&mut output[..]]).err());
+    let stack_run = stack::high_water();
+    if let Some(e) = error {
+        fail(format_args!("Session::run: {e}"));
+    }
+
+    for (i, y) in output.iter().enumerate() {
+        hprintln!("logit[{}] = {}", i, y);
+    }
+    // First maximum, as numpy's argmax picks it.
+    let best = output
+        .iter()
+        .enumerate()
+        .fold(0, |b, (i, y)| if *y > output[b] { i } else { b });
+    hprintln!("argmax = {} ({})", best, label(model, best));
+    let worst = output
+        .iter()
+        .zip(EXPECTED)
+        .map(|(y, e)| (y - e).abs() / e.abs().max(1.0))
+        .fold(0.0f32, f32::max);
+    if output.len() != EXPECTED.len() || worst > 1e-5 {
+        fail(format_args!("output differs from the host's by {worst} (relative)"));
+    }
+    hprintln!("matches the host run (max relative difference {})", worst);
+    hprintln!("{}: {} for one inference", counter::UNIT, count);
+    hprintln!(
+        "stack high-water: {} bytes loading (parse), {} bytes running",
+        stack_parse,
+        stack_run
+    );
+
+    exit(debug::EXIT_SUCCESS)
+}
+
+/// Parses the embedded model into static storage. `Model` holds its tables
+/// inline (~70 KB) and `parse` returns it by value, so parsing needs room for
+/// copies of it on the stack. Parsing straight into the static (a
+/// `Result`-typed slot) saves one copy; a separate frame gives the rest back
+/// before the model runs.
+#[inline(never)]
+fn load() -> &'static Model<'static> {
+    let loaded =
+        cortex_m::singleton!(: Result<Model<'static>, Error> = Model::parse(&MODEL_ONNX.0))
+            .unwrap();
+    match loaded {
+        Ok(model) => model,
+        Err(e) => fail(format_args!("Model::parse: {e}")),
+    }
+}
+
+/// Class `i`'s name from the model's `labels` metadata, or "" without one.
+fn label<'a>(model: &Model<'a>, i: usize) -> &'a str {
+    let labels = model
+        .metadata()
+        .iter()
+        .find(|(k, _)| *k == "labels")
+        .map_or("", |(_, v)| *v);
+    labels.split(',').nth(i).unwrap_or("")
+}
+
+/// Ends the run with `status` (QEMU's exit code; a debug probe reports it).
+fn exit(status: debug::ExitStatus) -> ! {
+    debug::exit(status);
+    // Reached only without a debugger attached: nothing left to do.
+    loop {
+        cortex_m::asm::wfi();
+    }
+}
+
+/// Reports `why` and ends the run with a failure status.
+fn fail(why: fmt::Arguments) -> ! {
+    hprintln!("error: {}", why);
+    exit(debug::EXIT_FAILURE)
+}
+
+/// A panic is a bug: report it and make QEMU exit non-zero.
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    hprintln!("panic: {}", info);
+    exit(debug::EXIT_FAILURE)
+}
+
+/// A fault (bad address, undefined instruction) would otherwise spin in the
+/// default handler until QEMU's timeout.
+///
+/// # Safety
+/// Called only by the hardware, as cortex-m-rt's `HardFault` signature
+/// requires; it reads nothing but the stacked frame it is given.
+#[exception]
+unsafe fn HardFault(frame: &ExceptionFrame) -> ! {
+    hprintln!("hard fault at pc {:#010x}", frame.pc());
+    exit(debug::EXIT_FAILURE)
+}
+
+/// Counts what one piece of code costs: instructions on QEMU, cycles on hardware.
+mod counter {
+    use core::sync::atomic::{compiler_fence, Ordering};
+
+    /// What [`measure`] counts.
+    #[cfg(feature = "qemu")]
+    pub const UNIT: &str = "instructions";
+    /// What [`measure`] counts.
+    #[cfg(not(feature = "qemu"))]
+    pub const UNIT: &str = "cycles";
+
+    /// QEMU's `-icount shift=N`; must match the runner in .cargo/config.toml.
+    #[cfg(feature = "qemu")]
+    const ICOUNT_SHIFT: u32 = 5;
+
+    /// CMSDK APB Timer0 on the MPS2 (AN386): CTRL, VALUE, RELOAD registers.
+    /// DWT CYCCNT reads 0 under QEMU, but with `-icount` this 25 MHz timer
+    /// advances exactly with the instruction count.
+    #[cfg(feature = "qemu")]
+    mod timer {
+        const BASE: usize = 0x4000_0000;
+        const CTRL: *mut u32 = BASE as *mut u32;
+        const VALUE: *mut u32 = (BASE + 4) as *mut u32;
+        const RELOAD: *mut u32 = (BASE + 8) as *mut u32;
+
+        /// Starts the timer counting down from `u32::MAX`.
+        pub fn start() {
+            // SAFETY: these are the word-aligned registers of the CMSDK
+            // timer on the AN386 memory map; no Rust object lives there and
+            // nothing else in this firmware uses the timer.
+            unsafe {
+                RELOAD.write_volatile(u32::MAX);
+                VALUE.write_volatile(u32::MAX);
+                CTRL.write_volatile(1); // enable, no interrupt, internal clock
+            }
+        }
+
+        /// The current (down-counting) value.
+        pub fn now() -> u32 {
+            // SAFETY: as in `start`; reading VALUE has no side effect.
+            unsafe { VALUE.read_volatile() }
+        }
+    }
+
+    /// Starts the counter.
+    pub fn init() {
+        #[cfg(feature = "qemu")]
+        timer::start();
+        #[cfg(not(feature = "qemu"))]
+        {
+            let mut p = cortex_m::Peripherals::take().unwrap();
+            p.DCB.enable_trace();
+            p.DWT.enable_cycle_counter();
+        }
+    }
+
+    /// Raw counter ticks `f` takes, the timer's own read overhead included.
+    fn ticks<R>(f: impl FnOnce() -> R) -> (R, u32) {
+        #[cfg(feature = "qemu")]
+        let (now, elapsed) = (timer::now, |a: u32, b: u32| a.wrapping_sub(b));
+        #[cfg(not(feature = "qemu"))]
+        let (now, elapsed) = (cortex_m::peripheral::DWT::cycle_count, |a: u32, b: u32| {
+            b.wrapping_sub(a)
+        });
+        // The fences keep the compiler from moving `f`'s work across the reads.
+        compiler_fence(Ordering::SeqCst);
+        let t0 = now();
+        compiler_fence(Ordering::SeqCst);
+        let r = f();
+        compiler_fence(Ordering::SeqCst);
+        let t1 = now();
+        compiler_fence(Ordering::SeqCst);
+        (r, elapsed(t0, t1))
+    }
+
+    /// Runs `f` and returns its result and cost in [`UNIT`], less the cost
+    /// of reading the counter.
+    pub fn measure<R>(f: impl FnOnce() -> R) -> (R, u64) {
+        let ((), overhead) = ticks(|| ());
+        let (r, t) = ticks(f);
+        let t = u64::from(t.saturating_sub(overhead));
+        // One timer tick is 40 ns; one instruction is 2^ICOUNT_SHIFT ns.
+        #[cfg(feature = "qemu")]
+        let t = (t * 40) >> ICOUNT_SHIFT;
+        (r, t)
+    }
+}
+
+/// Stack high-water mark by painting: fill the unused stack with a pattern,
+/// later find the deepest word that no longer holds it.
+mod stack {
+    use core::arch::asm;
+    use core::ptr::addr_of;
+
+    /// An unlikely value for live stack data.
+    const PAINT: u32 = 0xC5AC_CE55;
+
+    extern "C" {
+        /// Lowest stack address (end of .bss/.uninit), from cortex-m-rt's link.x.
+        static _stack_end: u32;
+        /// Initial stack pointer (top of RAM), from cortex-m-rt's link.x.
+        static _stack_start: u32;
+    }
+
+    /// Lowest stack address.
+    fn bottom() -> usize {
+        addr_of!(_stack_end) as usize
+    }
+
+    /// Initial SP: link.x rounds `_stack_start` down to 8 for the vector table.
+    fn top() -> usize {
+        addr_of!(_stack_start) as usize & !7
+    }
+
+    /// Paints every word from the stack's bottom up to the current SP.
+    pub fn paint() {
+        // In assembly so that no Rust frame can live in the painted range
+        // while it is written.
+        // SAFETY: [bottom, sp) is stack memory reserved by link.x that holds
+        // no live data (the ARM EABI has no red zone and this firmware takes
+        // no interrupts); `bottom` is word-aligned (link.x asserts it).
+        unsafe {
+            asm!(
+                "mov {sp}, sp",
+                "2:",
+                "cmp {p}, {sp}",
+                "bhs 3f",
+                "str {paint}, [{p}], #4",
+                "b 2b",
+                "3:",
+                p = inout(reg) bottom() => _,
+                sp = out(reg) _,
+                paint = in(reg) PAINT,
+                options(nostack),
+            );
+        }
+    }
+
+    /// The deepest the stack has been since the last [`paint`], in bytes
+    /// from the top.
+    pub fn high_water() -> usize {
+        let mut p = bottom();
+        // SAFETY: p stays word-aligned inside the stack region [bottom, top),
+        // which is RAM; the words are only read.
+        while p < top() && unsafe { (p as *const u32).read_volatile() } == PAINT {
+            p += 4;
+        }
+        top() - p
+    }
+}

@@ -1,0 +1,118 @@
+//! The `tinykd` binary end to end: inspect, infer, conformance, and the
+//! errors a user sees for bad input.
+
+use std::path::Path;
+use std::process::Command;
+
+fn tinykd(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tinykd"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run tinykd")
+}
+
+fn root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+const DEMO: &str = "models/demo/fashion_mlp.onnx";
+
+#[test]
+fn inspect_reports_shapes_macs_and_arena() {
+    let out = tinykd(&["inspect", DEMO, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["opset"], 13);
+    assert_eq!(report["inputs"][0]["shape"], serde_json::json!([1, 784]));
+    assert_eq!(report["outputs"][0]["shape"], serde_json::json!([1, 10]));
+    assert_eq!(report["macs"], 784 * 128 + 128 * 10);
+    assert_eq!(report["parameters"], 784 * 128 + 128 + 128 * 10 + 10);
+    assert_eq!(report["ops"]["Gemm"], 2);
+    assert_eq!(report["fused_activations"], 1);
+    let arena = report["arena_bytes"].as_u64().unwrap();
+    assert!(arena >= report["arena_lower_bound"].as_u64().unwrap());
+}
+
+#[test]
+fn infer_writes_the_expected_class_with_both_engines() {
+    let dir = std::env::temp_dir().join(format!("tinykd-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let samples: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root().join("models/demo/samples.json")).unwrap())
+            .unwrap();
+    for engine in ["tinykd", "tract"] {
+        for (i, sample) in samples["samples"].as_array().unwrap().iter().enumerate() {
+            let (input, label) = (
+                format!("models/demo/{}", sample["file"].as_str().unwrap()),
+                &sample["predicted"],
+            );
+            let output = dir.join(format!("{engine}_{i}.npy"));
+            let out = tinykd(&[
+                "infer",
+                DEMO,
+                "--input",
+                &input,
+                "--output",
+                output.to_str().unwrap(),
+                "--engine",
+                engine,
+                "--json",
+            ]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(
+                report["outputs"][0]["argmax"], *label,
+                "{engine} sample {i}"
+            );
+            let written = tinykd::tensor_file::HostTensor::read_npy(&output).unwrap();
+            assert_eq!(written.shape, vec![1, 10]);
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_model_fails_with_the_file_name() {
+    let dir = std::env::temp_dir().join(format!("tinykd-cli-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("broken.onnx");
+    let mut bytes = std::fs::read(root().join(DEMO)).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&bad, &bytes).unwrap();
+    let out = tinykd(&["inspect", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("broken.onnx") && err.contains("truncated"),
+        "{err}"
+    );
+
+    let missing = tinykd(&["infer", DEMO, "--input", "does-not-exist.npy"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("does-not-exist.npy"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn wrong_input_shape_is_a_clear_error() {
+    let dir = std::env::temp_dir().join(format!("tinykd-cli-shape-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("x.npy");
+    tinykd::tensor_file::HostTensor::f32("", vec![1, 783], vec![0.0; 783])
+        .write_npy(&input)
+        .unwrap();
+    let out = tinykd(&["infer", DEMO, "--input", input.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("image") && err.contains("783"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

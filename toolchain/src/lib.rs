@@ -1,0 +1,8 @@
+//! tinykd: distill, compress and deploy neural networks to small devices.
+//! This crate is the host side: the CLI's library (engines, tensor files,
+//! inspection, conformance); the device side is `tinykd-runtime`.
+
+pub mod conformance;
+pub mod engine;
+pub mod inspect;
+pub mod tensor_file;

@@ -1,0 +1,218 @@
+//! The `tinykd` command line.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use tinykd::conformance;
+use tinykd::engine::{run_tinykd, run_tract, EngineKind};
+use tinykd::inspect::Report;
+use tinykd::tensor_file::{write_atomically, HostTensor};
+
+#[derive(Parser)]
+#[command(
+    name = "tinykd",
+    version,
+    about = "Distill, compress and deploy neural networks to small devices"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show a model's inputs, outputs, ops, parameters, MACs and arena size.
+    #[command(
+        after_help = "Examples:\n  tinykd inspect models/demo/fashion_mlp.onnx\n  tinykd inspect model.onnx --json"
+    )]
+    Inspect {
+        /// The ONNX model.
+        model: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one inference on .npy inputs and write the outputs as .npy.
+    #[command(
+        after_help = "Examples:\n  tinykd infer models/demo/fashion_mlp.onnx --input models/demo/sample_0.npy --output out.npy\n  tinykd infer model.onnx --input a.npy --input b.npy --output y.npy --engine tract --json\n\nWith several outputs, pass --output once per output, in graph order."
+    )]
+    Infer {
+        /// The ONNX model.
+        model: PathBuf,
+        /// An input tensor (.npy), once per graph input, in graph order.
+        #[arg(long = "input", required = true)]
+        inputs: Vec<PathBuf>,
+        /// Where to write each output (.npy); omit to only print.
+        #[arg(long = "output")]
+        outputs: Vec<PathBuf>,
+        /// Which engine runs the model.
+        #[arg(long, value_enum, default_value = "tinykd")]
+        engine: EngineKind,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the ONNX node test cases in DIR and report passed/failed/unsupported.
+    #[command(
+        after_help = "Examples:\n  tinykd conformance build/onnx-node-tests --json\n  tinykd conformance build/onnx-node-tests --ops-doc docs/ops.md\n\nExits non-zero if any supported case fails."
+    )]
+    Conformance {
+        /// A folder of case folders (each with model.onnx and test_data_set_*).
+        dir: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Also write the supported-operator table (Markdown) here.
+        #[arg(long)]
+        ops_doc: Option<PathBuf>,
+        /// List every case with its outcome and reason, not only failures.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+fn read_model(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read model {}", path.display()))
+}
+
+fn inspect(model_path: &Path, json: bool) -> Result<()> {
+    let bytes = read_model(model_path)?;
+    let model = tinykd_runtime::Model::parse(&bytes)
+        .with_context(|| format!("{}", model_path.display()))?;
+    let report = Report::new(&model, bytes.len());
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", model_path.display());
+        print!("{}", report.to_text());
+    }
+    Ok(())
+}
+
+fn infer(
+    model_path: &Path,
+    inputs: &[PathBuf],
+    outputs: &[PathBuf],
+    engine: EngineKind,
+    json: bool,
+) -> Result<()> {
+    let tensors = inputs
+        .iter()
+        .map(|p| HostTensor::read_npy(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let bytes = read_model(model_path)?;
+    let labels = tinykd::inspect::class_labels(&bytes).unwrap_or_default();
+    let started = std::time::Instant::now();
+    let results = match engine {
+        EngineKind::Tinykd => run_tinykd(model_path, &bytes, &tensors)?,
+        EngineKind::Tract => run_tract(model_path, &tensors)?,
+    };
+    let elapsed = started.elapsed();
+    if !outputs.is_empty() && outputs.len() != results.len() {
+        bail!(
+            "the model has {} outputs but {} --output paths were given",
+            results.len(),
+            outputs.len()
+        );
+    }
+    for (t, path) in results.iter().zip(outputs) {
+        t.write_npy(path)?;
+    }
+    if json {
+        let out: Vec<_> = results
+            .iter()
+            .map(|t| {
+                let data = t.as_f32().unwrap_or(&[]);
+                serde_json::json!({ "name": t.name, "shape": t.shape, "data": data, "argmax": argmax(data) })
+            })
+            .collect();
+        let report = serde_json::json!({ "engine": engine, "seconds": elapsed.as_secs_f64(), "outputs": out });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    for (i, t) in results.iter().enumerate() {
+        let data = t.as_f32().unwrap_or(&[]);
+        let shown: Vec<String> = data.iter().take(16).map(|v| format!("{v:.4}")).collect();
+        let more = if data.len() > 16 {
+            format!(" … ({} values)", data.len())
+        } else {
+            String::new()
+        };
+        println!("{} {:?}: [{}]{more}", t.name, t.shape, shown.join(", "));
+        if let Some(k) = argmax(data) {
+            match labels.get(k).filter(|_| labels.len() == data.len()) {
+                Some(label) => println!("  argmax {k} ({label})"),
+                None => println!("  argmax {k}"),
+            }
+        }
+        if let Some(path) = outputs.get(i) {
+            println!("  written to {}", path.display());
+        }
+    }
+    println!(
+        "engine {engine:?}, {:.1} µs including load",
+        elapsed.as_secs_f64() * 1e6
+    );
+    Ok(())
+}
+
+fn argmax(data: &[f32]) -> Option<usize> {
+    (0..data.len()).max_by(|&a, &b| data[a].total_cmp(&data[b]))
+}
+
+fn run_conformance(dir: &Path, json: bool, ops_doc: Option<&Path>, all: bool) -> Result<()> {
+    let results = conformance::run_all(dir)?;
+    if results.is_empty() {
+        bail!(
+            "{}: no test cases found (folders with model.onnx)",
+            dir.display()
+        );
+    }
+    let summary = conformance::summarize(&results);
+    if let Some(path) = ops_doc {
+        write_atomically(path, conformance::ops_markdown(&results).as_bytes())?;
+    }
+    if json {
+        let mut value = serde_json::to_value(&summary)?;
+        if all {
+            value["cases"] = serde_json::to_value(&results)?;
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        let listed = if all {
+            results.iter().collect::<Vec<_>>()
+        } else {
+            summary.failures.iter().collect()
+        };
+        for r in listed {
+            println!("{:?} {}: {}", r.outcome, r.case, r.reason);
+        }
+        println!(
+            "passed {}, failed {}, unsupported {}",
+            summary.passed, summary.failed, summary.unsupported
+        );
+    }
+    if summary.failed > 0 {
+        bail!("{} conformance case(s) failed", summary.failed);
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Inspect { model, json } => inspect(&model, json),
+        Command::Infer {
+            model,
+            inputs,
+            outputs,
+            engine,
+            json,
+        } => infer(&model, &inputs, &outputs, engine, json),
+        Command::Conformance {
+            dir,
+            json,
+            ops_doc,
+            all,
+        } => run_conformance(&dir, json, ops_doc.as_deref(), all),
+    }
+}
