@@ -9,6 +9,9 @@
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+// `Error` owns short copies of the names it reports (no heap), which makes it
+// ~170 bytes; errors are returned at load time only, never per inference.
+#![allow(clippy::result_large_err)]
 
 #[cfg(feature = "alloc")]
 extern crate alloc;

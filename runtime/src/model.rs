@@ -175,6 +175,54 @@ impl<'a> Model<'a> {
 
     /// Parses with symbolic dimensions and constant inputs bound by the caller.
     pub fn parse_with(bytes: &'a [u8], bindings: &Bindings<'a>) -> Result<Self, Error> {
+        let mut model = Model::EMPTY;
+        model.load(bytes, bindings)?;
+        Ok(model)
+    }
+
+    /// A model with no graph, to be filled in place by [`Model::load`]. As a
+    /// `const` it can initialise a `static`, so a microcontroller never holds
+    /// the model's fixed-capacity tables on its stack.
+    pub const EMPTY: Model<'a> = Model {
+        ir_version: 0,
+        opset: 0,
+        producer: ("", ""),
+        graph_name: "",
+        values: Vec::new(),
+        nodes: Vec::new(),
+        io: Vec::new(),
+        inputs: Vec::new(),
+        outputs: Vec::new(),
+        metadata: Vec::new(),
+        plan: Plan::EMPTY,
+    };
+
+    /// Parses `bytes` into `self`, in place (nothing large is moved). On
+    /// error `self` is left empty.
+    pub fn load(&mut self, bytes: &'a [u8], bindings: &Bindings<'a>) -> Result<(), Error> {
+        self.clear();
+        let result = self.load_graph(bytes, bindings);
+        if result.is_err() {
+            self.clear();
+        }
+        result
+    }
+
+    fn clear(&mut self) {
+        self.ir_version = 0;
+        self.opset = 0;
+        self.producer = ("", "");
+        self.graph_name = "";
+        self.values.clear();
+        self.nodes.clear();
+        self.io.clear();
+        self.inputs.clear();
+        self.outputs.clear();
+        self.metadata.clear();
+        self.plan.clear();
+    }
+
+    fn load_graph(&mut self, bytes: &'a [u8], bindings: &Bindings<'a>) -> Result<(), Error> {
         let view = ModelView::parse(bytes)?;
         let mut opset = None;
         for entry in view.opset_imports() {
@@ -200,29 +248,19 @@ impl<'a> Model<'a> {
         if graph.has_sparse_initializers {
             return Err(Error::Model("sparse initializers are not supported"));
         }
-        let mut model = Model {
-            ir_version: view.ir_version,
-            opset,
-            producer: (view.producer_name, view.producer_version),
-            graph_name: graph.name,
-            values: Vec::new(),
-            nodes: Vec::new(),
-            io: Vec::new(),
-            inputs: Vec::new(),
-            outputs: Vec::new(),
-            metadata: Vec::new(),
-            plan: Plan::default(),
-        };
+        self.ir_version = view.ir_version;
+        self.opset = opset;
+        self.producer = (view.producer_name, view.producer_version);
+        self.graph_name = graph.name;
         for entry in view.metadata_props().take(MAX_METADATA) {
-            let _ = model.metadata.push(entry?);
+            let _ = self.metadata.push(entry?);
         }
-        model.read_initializers(&graph)?;
-        model.read_inputs(&graph, bindings)?;
-        model.read_nodes(&graph)?;
-        model.read_outputs(&graph)?;
-        model.fuse_activations();
-        model.plan = planner::plan(&model)?;
-        Ok(model)
+        self.read_initializers(&graph)?;
+        self.read_inputs(&graph, bindings)?;
+        self.read_nodes(&graph)?;
+        self.read_outputs(&graph)?;
+        self.fuse_activations();
+        planner::plan_into(self)
     }
 
     fn find(&self, value: &str) -> Option<usize> {
@@ -577,6 +615,9 @@ impl<'a> Model<'a> {
     /// The memory plan.
     pub fn plan(&self) -> &Plan {
         &self.plan
+    }
+    pub(crate) fn plan_mut(&mut self) -> &mut Plan {
+        &mut self.plan
     }
     /// Bytes of 16-byte-aligned arena `Session::new` needs (add 15 if the
     /// buffer's alignment is unknown).

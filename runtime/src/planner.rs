@@ -41,15 +41,29 @@ pub struct Plan {
     pub buffers: usize,
 }
 
+impl Plan {
+    /// No values planned.
+    pub const EMPTY: Plan = Plan {
+        offsets: [NONE; MAX_VALUES],
+        arena_size: 0,
+        lower_bound: 0,
+        staged_constant_bytes: 0,
+        buffers: 0,
+    };
+
+    /// Resets to [`Plan::EMPTY`] in place.
+    pub fn clear(&mut self) {
+        self.offsets.fill(NONE);
+        self.arena_size = 0;
+        self.lower_bound = 0;
+        self.staged_constant_bytes = 0;
+        self.buffers = 0;
+    }
+}
+
 impl Default for Plan {
     fn default() -> Self {
-        Plan {
-            offsets: [NONE; MAX_VALUES],
-            arena_size: 0,
-            lower_bound: 0,
-            staged_constant_bytes: 0,
-            buffers: 0,
-        }
+        Plan::EMPTY
     }
 }
 
@@ -69,15 +83,37 @@ fn aligned(bytes: usize) -> Option<usize> {
 pub fn readable_in_place(dtype: DType, data: &ConstData<'_>) -> bool {
     match data {
         ConstData::Tensor(TensorData::Raw(raw)) => {
-            dtype == DType::F32 && (raw.as_ptr() as usize) % core::mem::align_of::<f32>() == 0
+            dtype == DType::F32
+                && (raw.as_ptr() as usize).is_multiple_of(core::mem::align_of::<f32>())
         }
         ConstData::Tensor(TensorData::Empty) => true,
         _ => false,
     }
 }
 
-/// Plans `model`'s arena.
-pub fn plan(model: &Model<'_>) -> Result<Plan, Error> {
+/// Plans `model`'s arena and stores the plan in it.
+pub(crate) fn plan_into(model: &mut Model<'_>) -> Result<(), Error> {
+    let mut offsets = [NONE; MAX_VALUES];
+    let summary = plan(model, &mut offsets)?;
+    let plan = model.plan_mut();
+    plan.offsets = offsets;
+    plan.arena_size = summary.arena_size;
+    plan.lower_bound = summary.lower_bound;
+    plan.staged_constant_bytes = summary.staged_constant_bytes;
+    plan.buffers = summary.buffers;
+    Ok(())
+}
+
+/// Plan figures without the offset table.
+struct Summary {
+    arena_size: usize,
+    lower_bound: usize,
+    staged_constant_bytes: usize,
+    buffers: usize,
+}
+
+/// Plans `model`'s arena, writing each value's offset into `offsets`.
+fn plan(model: &Model<'_>, offsets: &mut [u32; MAX_VALUES]) -> Result<Summary, Error> {
     let values = model.values();
     let nodes = model.nodes();
     let end = nodes.len();
@@ -214,19 +250,17 @@ pub fn plan(model: &Model<'_>) -> Result<Plan, Error> {
         return Err(overflow());
     }
 
-    let mut plan = Plan {
+    for (id, &b) in buffer_of[..values.len()].iter().enumerate() {
+        if b != u16::MAX {
+            offsets[id] = buffers[usize::from(b)].offset as u32;
+        }
+    }
+    Ok(Summary {
         arena_size,
         lower_bound,
         staged_constant_bytes,
         buffers: n_buffers,
-        ..Plan::default()
-    };
-    for (id, &b) in buffer_of[..values.len()].iter().enumerate() {
-        if b != u16::MAX {
-            plan.offsets[id] = buffers[usize::from(b)].offset as u32;
-        }
-    }
-    Ok(plan)
+    })
 }
 
 /// Checks a plan against its model: every two values whose buffers are live

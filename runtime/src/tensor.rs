@@ -24,8 +24,8 @@ pub enum DType {
     F16,
     /// DOUBLE (11).
     F64,
-    /// Any other code.
-    Other(i64),
+    /// Any other code (saturated to `u16`).
+    Other(u16),
 }
 
 impl DType {
@@ -40,7 +40,7 @@ impl DType {
             9 => DType::Bool,
             10 => DType::F16,
             11 => DType::F64,
-            other => DType::Other(other),
+            other => DType::Other(u16::try_from(other).unwrap_or(u16::MAX)),
         }
     }
 

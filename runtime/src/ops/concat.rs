@@ -19,7 +19,7 @@ pub(super) fn prepare<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Err
     if rank == 0 {
         return Err(ctx.err(first.name, "cannot concatenate scalars"));
     }
-    let axis_attr = ctx.attr(&"axis"[..], crate::proto::onnx::AttributeKind::Int)?;
+    let axis_attr = ctx.attr("axis", crate::proto::onnx::AttributeKind::Int)?;
     let axis = ctx.axis(
         "axis",
         axis_attr

@@ -172,7 +172,7 @@ fn reshape(ctx: &NodeCtx, dims: &[usize], out: &mut [usize; MAX_RANK]) -> Result
             .ok_or_else(|| ctx.err("", "shape too large"))?;
     }
     if let Some(i) = inferred {
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(ctx.err("", "cannot infer the -1 dimension"));
         }
         out[i] = total / known;

@@ -13,7 +13,7 @@ use core::fmt;
 use core::mem::size_of;
 use cortex_m_rt::{entry, exception, ExceptionFrame};
 use cortex_m_semihosting::{debug, hprintln};
-use tinykd_runtime::{AlignedArena, Error, Model, Session};
+use tinykd_runtime::{AlignedArena, Bindings, Model, Session};
 
 /// Arena bytes reserved at link time. Checked against `model.arena_size()`
 /// at start-up, so a model that needs more fails loudly. The demo MLP needs
@@ -120,20 +120,21 @@ fn main() -> ! {
     exit(debug::EXIT_SUCCESS)
 }
 
-/// Parses the embedded model into static storage. `Model` holds its tables
-/// inline (~70 KB) and `parse` returns it by value, so parsing needs room for
-/// copies of it on the stack. Parsing straight into the static (a
-/// `Result`-typed slot) saves one copy; a separate frame gives the rest back
-/// before the model runs.
-#[inline(never)]
+/// Storage for the parsed model: `Model` holds fixed-capacity tables inline,
+/// so it lives in .bss and is filled in place by `Model::load`, never on the
+/// stack.
+static mut MODEL: Model<'static> = Model::EMPTY;
+
+/// Parses the embedded model into [`MODEL`].
 fn load() -> &'static Model<'static> {
-    let loaded =
-        cortex_m::singleton!(: Result<Model<'static>, Error> = Model::parse(&MODEL_ONNX.0))
-            .unwrap();
-    match loaded {
-        Ok(model) => model,
-        Err(e) => fail(format_args!("Model::parse: {e}")),
+    // SAFETY: `load` is called once, from `main`, before anything else can
+    // reach MODEL (no interrupt handler touches it), so this is the only
+    // reference ever created to it.
+    let model = unsafe { &mut *core::ptr::addr_of_mut!(MODEL) };
+    if let Err(e) = model.load(&MODEL_ONNX.0, &Bindings::default()) {
+        fail(format_args!("Model::load: {e}"));
     }
+    model
 }
 
 /// Class `i`'s name from the model's `labels` metadata, or "" without one.
