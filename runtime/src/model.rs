@@ -60,8 +60,10 @@ pub struct Bindings<'b> {
 pub struct Model<'a> {
     ir_version: i64,
     opset: i64,
-    producer: (&'a str, &'a str),
-    graph_name: &'a str,
+    // Options so that `Model::EMPTY` is all zero bytes (a `static` of it then
+    // lands in .bss, not in flash-backed .data).
+    producer: Option<(&'a str, &'a str)>,
+    graph_name: Option<&'a str>,
     values: Vec<Value<'a>, MAX_VALUES>,
     nodes: Vec<Node<'a>, MAX_NODES>,
     io: Vec<u16, MAX_NODE_IO>,
@@ -186,8 +188,8 @@ impl<'a> Model<'a> {
     pub const EMPTY: Model<'a> = Model {
         ir_version: 0,
         opset: 0,
-        producer: ("", ""),
-        graph_name: "",
+        producer: None,
+        graph_name: None,
         values: Vec::new(),
         nodes: Vec::new(),
         io: Vec::new(),
@@ -211,8 +213,8 @@ impl<'a> Model<'a> {
     fn clear(&mut self) {
         self.ir_version = 0;
         self.opset = 0;
-        self.producer = ("", "");
-        self.graph_name = "";
+        self.producer = None;
+        self.graph_name = None;
         self.values.clear();
         self.nodes.clear();
         self.io.clear();
@@ -250,8 +252,8 @@ impl<'a> Model<'a> {
         }
         self.ir_version = view.ir_version;
         self.opset = opset;
-        self.producer = (view.producer_name, view.producer_version);
-        self.graph_name = graph.name;
+        self.producer = Some((view.producer_name, view.producer_version));
+        self.graph_name = Some(graph.name);
         for entry in view.metadata_props().take(MAX_METADATA) {
             let _ = self.metadata.push(entry?);
         }
@@ -576,11 +578,11 @@ impl<'a> Model<'a> {
     }
     /// `(producer_name, producer_version)`.
     pub fn producer(&self) -> (&'a str, &'a str) {
-        self.producer
+        self.producer.unwrap_or(("", ""))
     }
     /// The graph's name.
     pub fn graph_name(&self) -> &'a str {
-        self.graph_name
+        self.graph_name.unwrap_or("")
     }
     /// All values (inputs, constants, intermediates).
     pub fn values(&self) -> &[Value<'a>] {

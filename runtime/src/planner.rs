@@ -43,8 +43,10 @@ pub struct Plan {
 
 impl Plan {
     /// No values planned.
+    /// Its offsets are zero (meaningless until planned) so that a `static`
+    /// empty model is all zeros and costs no flash.
     pub const EMPTY: Plan = Plan {
-        offsets: [NONE; MAX_VALUES],
+        offsets: [0; MAX_VALUES],
         arena_size: 0,
         lower_bound: 0,
         staged_constant_bytes: 0,
@@ -53,7 +55,7 @@ impl Plan {
 
     /// Resets to [`Plan::EMPTY`] in place.
     pub fn clear(&mut self) {
-        self.offsets.fill(NONE);
+        self.offsets.fill(0);
         self.arena_size = 0;
         self.lower_bound = 0;
         self.staged_constant_bytes = 0;
@@ -217,9 +219,9 @@ fn plan(model: &Model<'_>, offsets: &mut [u32; MAX_VALUES]) -> Result<Summary, E
         *o = i as u16;
     }
     let order = &mut order[..n_buffers];
-    order.sort_unstable_by(|&a, &b| {
-        let (a, b) = (&buffers[usize::from(a)], &buffers[usize::from(b)]);
-        b.size.cmp(&a.size).then(a.first.cmp(&b.first))
+    insertion_sort_by_key(order, |&b| {
+        let b = &buffers[usize::from(b)];
+        (usize::MAX - b.size, b.first)
     });
     let mut arena_size = 0usize;
     for (placed, &id) in order.iter().enumerate() {
@@ -235,7 +237,7 @@ fn plan(model: &Model<'_>, offsets: &mut [u32; MAX_VALUES]) -> Result<Summary, E
             }
         }
         let conflicts = &mut conflicts[..n];
-        conflicts.sort_unstable();
+        insertion_sort_by_key(conflicts, |&c| c);
         let mut offset = 0;
         for &(start, stop) in conflicts.iter() {
             if offset + buf.size <= start {
@@ -261,6 +263,21 @@ fn plan(model: &Model<'_>, offsets: &mut [u32; MAX_VALUES]) -> Result<Summary, E
         staged_constant_bytes,
         buffers: n_buffers,
     })
+}
+
+/// Sorts by key. Insertion sort: a few hundred elements at load time, and a
+/// fraction of the flash `slice::sort` costs on a microcontroller.
+fn insertion_sort_by_key<T: Copy, K: Ord>(items: &mut [T], key: impl Fn(&T) -> K) {
+    for i in 1..items.len() {
+        let item = items[i];
+        let k = key(&item);
+        let mut j = i;
+        while j > 0 && key(&items[j - 1]) > k {
+            items[j] = items[j - 1];
+            j -= 1;
+        }
+        items[j] = item;
+    }
 }
 
 /// Checks a plan against its model: every two values whose buffers are live
