@@ -2,6 +2,9 @@
 //! clear errors for a small arena or wrong buffers, and `load` leaving the
 //! model empty on failure.
 
+// Same reason as the crate: `Error` is large by design.
+#![allow(clippy::result_large_err)]
+
 use tinykd_runtime::{Bindings, Error, Model, Session};
 
 fn seed(name: &str) -> Vec<u8> {
