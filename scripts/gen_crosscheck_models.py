@@ -229,8 +229,27 @@ def _builders():
         return g.model("ops_mix", [("x", [2, 3, 4, 5]), ("z", [1, 3, 1, 5])], y,
                        [2, 14, 5, 4], 13, "elementwise/layout op mix")
 
+    def torch_flatten(seed):
+        # What torch.onnx.export writes for `x.view(x.size(0), -1)` with a
+        # dynamic batch: the reshape target is computed from Shape at run time.
+        rng = np.random.default_rng([seed, 5])
+        g = Graph(rng)
+        h = g.op("Conv", ["x", g.weight("conv.weight", (4, 8, 3, 3), 72),
+                          g.bias("conv.bias", 4)], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+        h = g.op("Relu", [h])
+        shape = g.op("Shape", [h])
+        n = g.op("Gather", [shape, g.init("gather.index", np.array(0, np.int64))], axis=0)
+        n = g.op("Unsqueeze", [n, g.init("unsqueeze.axes", np.array([0], np.int64))])
+        target = g.op("Concat", [n, g.init("minus_one", np.array([-1], np.int64))], axis=0)
+        h = g.op("Reshape", [h, target])
+        y = g.op("Gemm", [h, g.weight("fc.weight", (10, 64), 64), g.bias("fc.bias", 10)],
+                 transB=1)
+        return g.model("torch_flatten", [("x", ["N", 8, 4, 4])], y, ["N", 10], 13,
+                       "Conv-Relu then a Shape/Gather/Unsqueeze/Concat-computed Reshape, "
+                       "as PyTorch exports a dynamic-batch flatten")
+
     return {"mlp": mlp, "mlp_matmul": mlp_matmul, "cnn": cnn, "dscnn": dscnn,
-            "ops_mix": ops_mix}
+            "ops_mix": ops_mix, "torch_flatten": torch_flatten}
 
 
 def generate(out_dir: str, seed: int, stamp: str) -> list[str]:
@@ -258,7 +277,9 @@ def generate(out_dir: str, seed: int, stamp: str) -> list[str]:
             rng = np.random.default_rng([seed, 1000 + idx])
             feeds = {}
             for k, vi in enumerate(model.graph.input):
-                shape = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+                # A symbolic dim (dynamic batch) gets 3 in the reference data.
+                shape = [d.dim_value if d.HasField("dim_value") else 3
+                         for d in vi.type.tensor_type.shape.dim]
                 arr = rng.standard_normal(shape).astype(np.float32)
                 feeds[vi.name] = arr
                 with open(os.path.join(ds_dir, f"input_{k}.pb"), "wb") as f:

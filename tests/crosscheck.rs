@@ -7,12 +7,19 @@ use std::path::{Path, PathBuf};
 use tinykd::engine::{declared_inputs, run_tinykd, run_tract};
 use tinykd::tensor_file::HostTensor;
 
-const MODELS: &[&str] = &["mlp", "mlp_matmul", "cnn", "dscnn", "ops_mix"];
+const MODELS: &[&str] = &[
+    "mlp",
+    "mlp_matmul",
+    "cnn",
+    "dscnn",
+    "ops_mix",
+    "torch_flatten",
+];
 
 /// tract 0.23.9 panics inside its Squeeze-13 shape inference on ops_mix's
 /// negative squeeze axes (index out of bounds in `Squeeze::output_shape`), so
 /// that model is checked against ONNX Runtime's outputs only.
-const TRACT_MODELS: &[&str] = &["mlp", "mlp_matmul", "cnn", "dscnn"];
+const TRACT_MODELS: &[&str] = &["mlp", "mlp_matmul", "cnn", "dscnn", "torch_flatten"];
 
 fn data_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/crosscheck");

@@ -24,6 +24,44 @@ pub enum ConstData<'a> {
     F32(f32),
     /// A single i64 (`Constant` node `value_int`).
     I64(i64),
+    /// A short integer tensor computed at load time (shape arithmetic).
+    Ints(SmallInts),
+}
+
+/// Up to 8 integers held inline: the result of folding shape computations
+/// (`Shape` → `Gather` → `Concat` → `Reshape`) at load time. Dims and shape
+/// arithmetic fit in i32; anything larger is not folded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SmallInts {
+    values: [i32; 8],
+    len: u8,
+}
+
+impl SmallInts {
+    /// Capacity.
+    pub const MAX: usize = 8;
+
+    /// Copies `values`; `None` if there are more than 8 or one exceeds i32.
+    pub fn new(values: &[i64]) -> Option<Self> {
+        if values.len() > Self::MAX {
+            return None;
+        }
+        let mut out = SmallInts {
+            values: [0; 8],
+            len: values.len() as u8,
+        };
+        for (slot, &v) in out.values.iter_mut().zip(values) {
+            *slot = i32::try_from(v).ok()?;
+        }
+        Some(out)
+    }
+
+    /// The values, widened.
+    pub fn iter(&self) -> impl Iterator<Item = i64> + '_ {
+        self.values[..usize::from(self.len)]
+            .iter()
+            .map(|&v| i64::from(v))
+    }
 }
 
 /// One value of the graph: its name, type and static shape.
@@ -68,6 +106,7 @@ impl<'a> Value<'a> {
         match data {
             ConstData::F32(v) => Some(f64::from(v)),
             ConstData::I64(v) => Some(v as f64),
+            ConstData::Ints(ints) => ints.iter().nth(i).map(|v| v as f64),
             ConstData::Tensor(TensorData::Raw(bytes)) => {
                 let size = self.dtype.size();
                 let b = bytes.get(i * size..(i + 1) * size)?;

@@ -44,6 +44,8 @@ pub struct Report {
     pub ops: BTreeMap<String, usize>,
     /// Activations folded into the preceding Conv/Gemm at load time.
     pub fused_activations: usize,
+    /// Nodes evaluated at load time (shape arithmetic, Constant).
+    pub folded_nodes: usize,
     /// Elements held in constants.
     pub parameters: usize,
     /// Bytes held in constants.
@@ -65,11 +67,24 @@ impl Report {
     /// Builds the report for a parsed model.
     pub fn new(model: &Model<'_>, file_bytes: usize) -> Self {
         let mut ops = BTreeMap::new();
-        let mut fused_activations = 0;
+        let (mut fused_activations, mut folded_nodes) = (0, 0);
+        const ACTIVATIONS: &[&str] = &[
+            "Relu",
+            "LeakyRelu",
+            "Clip",
+            "Sigmoid",
+            "Tanh",
+            "HardSigmoid",
+            "HardSwish",
+        ];
         for node in model.nodes() {
             *ops.entry(node.op_type.to_string()).or_insert(0) += 1;
-            if node.op == tinykd_runtime::ops::Op::Nop && node.op_type != "Constant" {
-                fused_activations += 1;
+            if node.op == tinykd_runtime::ops::Op::Nop {
+                if ACTIVATIONS.contains(&node.op_type) {
+                    fused_activations += 1;
+                } else {
+                    folded_nodes += 1;
+                }
             }
         }
         let (parameters, weight_bytes) = model.parameters();
@@ -83,6 +98,7 @@ impl Report {
             outputs: model.outputs().map(TensorInfo::from).collect(),
             ops,
             fused_activations,
+            folded_nodes,
             parameters,
             weight_bytes,
             macs: model.macs(),
@@ -128,6 +144,10 @@ impl Report {
             "fused activations",
             self.fused_activations.to_string(),
         );
+        if self.folded_nodes > 0 {
+            let folded = format!("{} nodes (shape arithmetic, constants)", self.folded_nodes);
+            row(&mut s, "folded at load", folded);
+        }
         row(
             &mut s,
             "parameters",

@@ -6,6 +6,7 @@ pub mod binary;
 pub mod concat;
 pub mod constant;
 pub mod conv;
+pub mod fold;
 pub mod gemm;
 pub mod matmul;
 pub mod normalization;
@@ -385,6 +386,9 @@ impl<'c, 'a> NodeCtx<'c, 'a> {
 
 /// Parses and checks one node; returns its prepared op and output.
 pub fn prepare<'a>(ctx: &NodeCtx<'_, 'a>, opset: i64) -> Result<(Op, Output<'a>), Error> {
+    if let Some(folded) = fold::try_fold(ctx, opset) {
+        return folded;
+    }
     let op_type = ctx.node.op_type;
     let version = op_version(&ctx.at(), op_type, opset)?;
     let ctx = NodeCtx { version, ..*ctx };
