@@ -9,7 +9,7 @@ CONFORMANCE_DIR := $(BUILD)/onnx-node-tests
 CROSSCHECK_DIR  := $(BUILD)/crosscheck
 DEMO_MODEL      := models/demo/fashion_mlp.onnx
 
-.PHONY: setup build test demo conformance crosscheck-data fmt-check no-std firmware ops-doc size clean
+.PHONY: setup build test demo conformance crosscheck-data fmt-check no-std firmware ops-doc size bench-train bench-peers clean
 
 setup:
 	@bash scripts/setup.sh
@@ -52,6 +52,17 @@ ops-doc: conformance
 
 size: setup
 	bash scripts/size_report.sh
+
+# Optional peer for the training benchmark (never part of `make test`):
+# TensorFlow-CPU in its own venv, so bench-train measures it in the same run.
+bench-peers:
+	@test -x .venv-peers/bin/python || python3 -m venv .venv-peers
+	@.venv-peers/bin/pip install -q --disable-pip-version-check -r scripts/requirements-peers.txt
+	@echo "bench-peers: TensorFlow-CPU ready in .venv-peers"
+
+# Training throughput, side by side with TensorFlow when bench-peers ran.
+bench-train: build
+	$(TINYKD) bench-train --write-doc docs/results.md
 
 clean:
 	$(CARGO) clean

@@ -9,3 +9,4 @@ pub mod conformance;
 pub mod engine;
 pub mod inspect;
 pub mod tensor_file;
+pub mod train;

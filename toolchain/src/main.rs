@@ -69,6 +69,34 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Measure training speed (images/s, forward/backward/optimizer) on 2 CPU cores.
+    #[command(
+        name = "bench-train",
+        after_help = "Examples:\n  tinykd bench-train\n  tinykd bench-train --models mlp --steps 50 --json\n  tinykd bench-train --write-doc docs/results.md   # also runs TensorFlow if .venv-peers exists (make bench-peers)"
+    )]
+    BenchTrain {
+        /// Which benchmark models (comma-separated): mlp, cnn, ds.
+        #[arg(long, default_value = "mlp,cnn,ds", value_delimiter = ',')]
+        models: Vec<String>,
+        /// Timed steps per model (after 2 warm-up steps).
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Images per step.
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        /// Convolution implementation.
+        #[arg(long, value_enum, default_value = "candle")]
+        conv: tinykd::train::model::ConvImpl,
+        /// Python of a venv with tensorflow-cpu, to measure the peer in the same run.
+        #[arg(long, default_value = ".venv-peers/bin/python")]
+        peer_python: PathBuf,
+        /// Write the results table into this Markdown file (replacing its table).
+        #[arg(long)]
+        write_doc: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn read_model(path: &Path) -> Result<Vec<u8>> {
@@ -198,6 +226,78 @@ fn run_conformance(dir: &Path, json: bool, ops_doc: Option<&Path>, all: bool) ->
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
+fn bench_train(
+    keys: &[String],
+    steps: usize,
+    batch: usize,
+    conv: tinykd::train::model::ConvImpl,
+    peer_python: &Path,
+    write_doc: Option<&Path>,
+    json: bool,
+) -> Result<()> {
+    use tinykd::train::bench;
+    let all = bench::benchmark_models();
+    let mut results = Vec::new();
+    for key in keys {
+        let (_, spec) = all.iter().find(|(k, _)| k == key).with_context(|| {
+            format!("unknown benchmark model '{key}' (choose from mlp, cnn, ds)")
+        })?;
+        eprintln!("bench-train: {} ({steps} steps of {batch})...", spec.name);
+        results.push((key.clone(), bench::bench_model(spec, batch, steps, conv)?));
+    }
+    let tf = if peer_python.exists() {
+        eprintln!("bench-train: TensorFlow-CPU on the same shapes...");
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        bench::tensorflow_peer(
+            peer_python,
+            Path::new("scripts/bench_train_tf.py"),
+            &keys,
+            steps,
+            batch,
+        )
+    } else {
+        None
+    };
+    let table = bench::markdown(&results, tf.as_ref());
+    if let Some(path) = write_doc {
+        write_results_section(path, "Training speed", &table)?;
+    }
+    if json {
+        let runs: Vec<_> = results.iter().map(|(_, r)| r).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "runs": runs, "tensorflow": tf }))?
+        );
+    } else {
+        print!("{table}");
+    }
+    Ok(())
+}
+
+/// Replaces (or appends) the `## {title}` section of a Markdown file.
+fn write_results_section(path: &Path, title: &str, body: &str) -> Result<()> {
+    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Results\n".into());
+    let header = format!("## {title}\n");
+    let machine = format!(
+        "Measured by `tinykd bench-train` on {} logical CPUs, batch and steps as in the table's run; medians.\n\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let section = format!("{header}\n{machine}{body}\n");
+    let new = match old.find(&header) {
+        Some(start) => {
+            let rest = &old[start + header.len()..];
+            let end = rest
+                .find("\n## ")
+                .map_or(old.len(), |i| start + header.len() + i + 1);
+            format!("{}{section}{}", &old[..start], &old[end..])
+        }
+        None => format!("{}\n{section}", old.trim_end()),
+    };
+    write_atomically(path, new.as_bytes())?;
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Inspect { model, json } => inspect(&model, json),
@@ -214,5 +314,22 @@ fn main() -> Result<()> {
             ops_doc,
             all,
         } => run_conformance(&dir, json, ops_doc.as_deref(), all),
+        Command::BenchTrain {
+            models,
+            steps,
+            batch,
+            conv,
+            peer_python,
+            write_doc,
+            json,
+        } => bench_train(
+            &models,
+            steps,
+            batch,
+            conv,
+            &peer_python,
+            write_doc.as_deref(),
+            json,
+        ),
     }
 }

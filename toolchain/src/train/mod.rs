@@ -1,0 +1,7 @@
+//! Training in candle: model specs, fast training ops, the optimizer step and
+//! the training benchmark.
+
+pub mod bench;
+pub mod model;
+pub mod ops;
+pub mod optim;

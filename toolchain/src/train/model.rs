@@ -1,0 +1,451 @@
+//! Model specs (the layers of a student or teacher) and the candle network
+//! built from one.
+
+use candle_core::{Module, Tensor};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+/// One layer of a spec.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Layer {
+    /// Fully connected layer with bias.
+    Dense {
+        /// Output features.
+        units: usize,
+    },
+    /// 2-D convolution with bias (square kernel, symmetric padding).
+    Conv {
+        /// Output channels.
+        filters: usize,
+        /// Kernel size.
+        kernel: usize,
+        /// Stride.
+        #[serde(default = "one")]
+        stride: usize,
+        /// Zero padding on every side.
+        #[serde(default)]
+        padding: usize,
+    },
+    /// Depthwise 2-D convolution with bias (one filter per channel).
+    Depthwise {
+        /// Kernel size.
+        kernel: usize,
+        /// Stride.
+        #[serde(default = "one")]
+        stride: usize,
+        /// Zero padding on every side.
+        #[serde(default)]
+        padding: usize,
+    },
+    /// Max pooling over `size`×`size` windows with stride `size`.
+    MaxPool {
+        /// Window size and stride.
+        size: usize,
+    },
+    /// Mean over the spatial dims: [N, C, H, W] → [N, C].
+    GlobalAvgPool,
+    /// Rectified linear unit.
+    Relu,
+    /// [N, ...] → [N, product of the rest].
+    Flatten,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// A network architecture: input shape (C, H, W; or features) and layers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// Short name, e.g. `mlp-800`.
+    pub name: String,
+    /// Input shape without the batch dim: `[784]` or `[1, 28, 28]`.
+    pub input: Vec<usize>,
+    /// The layers, in order.
+    pub layers: Vec<Layer>,
+}
+
+/// Errors building or describing a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The spec is inconsistent (e.g. a conv on a flat input).
+    #[error("model '{model}', layer {layer}: {reason}")]
+    Spec {
+        /// The spec's name.
+        model: String,
+        /// The layer's position.
+        layer: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// candle failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Parameter and multiply-accumulate counts of a spec.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Cost {
+    /// Trainable parameters.
+    pub parameters: usize,
+    /// Multiply-accumulates of one forward pass of one image.
+    pub macs: usize,
+}
+
+impl ModelSpec {
+    /// The MLP 784-800-800-10 of Hinton et al. (the training benchmark's first model).
+    pub fn mlp_800() -> Self {
+        let dense = |units| Layer::Dense { units };
+        ModelSpec {
+            name: "mlp-784-800-800-10".into(),
+            input: vec![784],
+            layers: vec![dense(800), Layer::Relu, dense(800), Layer::Relu, dense(10)],
+        }
+    }
+
+    /// conv32-pool-conv64-pool-fc128-fc10 on 1×28×28.
+    pub fn cnn_small() -> Self {
+        let conv = |filters| Layer::Conv {
+            filters,
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+        };
+        ModelSpec {
+            name: "cnn-c32-c64-fc128".into(),
+            input: vec![1, 28, 28],
+            layers: vec![
+                conv(32),
+                Layer::Relu,
+                Layer::MaxPool { size: 2 },
+                conv(64),
+                Layer::Relu,
+                Layer::MaxPool { size: 2 },
+                Layer::Flatten,
+                Layer::Dense { units: 128 },
+                Layer::Relu,
+                Layer::Dense { units: 10 },
+            ],
+        }
+    }
+
+    /// conv16 s2 → depthwise 3×3 → pointwise 32 → GAP → fc10 on 1×28×28.
+    pub fn ds_block() -> Self {
+        ModelSpec {
+            name: "ds-c16s2-dw3-pw32-gap".into(),
+            input: vec![1, 28, 28],
+            layers: vec![
+                Layer::Conv {
+                    filters: 16,
+                    kernel: 3,
+                    stride: 2,
+                    padding: 1,
+                },
+                Layer::Relu,
+                Layer::Depthwise {
+                    kernel: 3,
+                    stride: 1,
+                    padding: 1,
+                },
+                Layer::Relu,
+                Layer::Conv {
+                    filters: 32,
+                    kernel: 1,
+                    stride: 1,
+                    padding: 0,
+                },
+                Layer::Relu,
+                Layer::GlobalAvgPool,
+                Layer::Dense { units: 10 },
+            ],
+        }
+    }
+
+    fn err(&self, layer: usize, reason: impl Into<String>) -> ModelError {
+        ModelError::Spec {
+            model: self.name.clone(),
+            layer,
+            reason: reason.into(),
+        }
+    }
+
+    /// Walks the layers with shape inference, calling `visit(index, layer,
+    /// input shape, output shape)`; fails on an inconsistent spec.
+    fn walk(
+        &self,
+        mut visit: impl FnMut(usize, &Layer, &[usize], &[usize]),
+    ) -> Result<Vec<usize>, ModelError> {
+        let mut shape = self.input.clone();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let out = match (layer, shape.as_slice()) {
+                (Layer::Dense { units }, [_]) => vec![*units],
+                (Layer::Dense { .. }, _) => {
+                    return Err(self.err(i, "dense needs a flat input (add a flatten layer)"))
+                }
+                (
+                    Layer::Conv {
+                        filters,
+                        kernel,
+                        stride,
+                        padding,
+                    },
+                    &[_, h, w],
+                ) => {
+                    let out = |d: usize| {
+                        (d + 2 * padding)
+                            .checked_sub(*kernel)
+                            .map(|r| r / stride + 1)
+                    };
+                    match (out(h), out(w), *stride > 0) {
+                        (Some(oh), Some(ow), true) => vec![*filters, oh, ow],
+                        _ => {
+                            return Err(
+                                self.err(i, "kernel larger than the padded input, or stride 0")
+                            )
+                        }
+                    }
+                }
+                (
+                    Layer::Depthwise {
+                        kernel,
+                        stride,
+                        padding,
+                    },
+                    &[c, h, w],
+                ) => {
+                    let out = |d: usize| {
+                        (d + 2 * padding)
+                            .checked_sub(*kernel)
+                            .map(|r| r / stride + 1)
+                    };
+                    match (out(h), out(w), *stride > 0) {
+                        (Some(oh), Some(ow), true) => vec![c, oh, ow],
+                        _ => {
+                            return Err(
+                                self.err(i, "kernel larger than the padded input, or stride 0")
+                            )
+                        }
+                    }
+                }
+                (Layer::MaxPool { size }, &[c, h, w]) if *size > 0 && h >= *size && w >= *size => {
+                    vec![c, h / size, w / size]
+                }
+                (Layer::GlobalAvgPool, &[c, _, _]) => vec![c],
+                (Layer::Relu, s) => s.to_vec(),
+                (Layer::Flatten, s) => vec![s.iter().product()],
+                _ => {
+                    return Err(
+                        self.err(i, format!("does not apply to an input of shape {shape:?}"))
+                    )
+                }
+            };
+            visit(i, layer, &shape, &out);
+            shape = out;
+        }
+        Ok(shape)
+    }
+
+    /// Parameters and MACs per image.
+    pub fn cost(&self) -> Result<Cost, ModelError> {
+        let mut cost = Cost::default();
+        self.walk(|_, layer, input, out| {
+            let (params, macs) = match (layer, input) {
+                (Layer::Dense { units }, [n]) => (n * units + units, n * units),
+                (
+                    Layer::Conv {
+                        filters, kernel, ..
+                    },
+                    [c, ..],
+                ) => {
+                    let per = c * kernel * kernel;
+                    (filters * per + filters, out.iter().product::<usize>() * per)
+                }
+                (Layer::Depthwise { kernel, .. }, [c, ..]) => (
+                    c * kernel * kernel + c,
+                    out.iter().product::<usize>() * kernel * kernel,
+                ),
+                _ => (0, 0),
+            };
+            cost.parameters += params;
+            cost.macs += macs;
+        })?;
+        Ok(cost)
+    }
+}
+
+/// A layer with its parameters.
+enum Built {
+    Dense(candle_nn::Linear),
+    Conv {
+        weight: Tensor,
+        bias: Tensor,
+        stride: usize,
+        padding: usize,
+        groups: usize,
+    },
+    MaxPool(usize),
+    GlobalAvgPool,
+    Relu,
+    Flatten,
+}
+
+/// Which implementation the convolutions use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ConvImpl {
+    /// candle's own conv2d (grouped conv for depthwise).
+    Candle,
+}
+
+/// A network built from a [`ModelSpec`], its parameters in a `VarMap`.
+pub struct Network {
+    layers: Vec<Built>,
+    conv: ConvImpl,
+}
+
+impl Network {
+    /// Creates the parameters under `vb` (Kaiming-uniform weights, as candle-nn does).
+    pub fn new(spec: &ModelSpec, vb: VarBuilder, conv: ConvImpl) -> Result<Self, ModelError> {
+        let mut shapes = Vec::new();
+        spec.walk(|_, _, input, _| shapes.push(input.to_vec()))?;
+        let mut layers = Vec::new();
+        for (i, (layer, input)) in spec.layers.iter().zip(&shapes).enumerate() {
+            let vb = vb.pp(format!("l{i}"));
+            layers.push(match layer {
+                Layer::Dense { units } => Built::Dense(candle_nn::linear(input[0], *units, vb)?),
+                Layer::Conv {
+                    filters,
+                    kernel,
+                    stride,
+                    padding,
+                } => {
+                    let cfg = candle_nn::Conv2dConfig {
+                        padding: *padding,
+                        stride: *stride,
+                        ..Default::default()
+                    };
+                    let c = candle_nn::conv2d(input[0], *filters, *kernel, cfg, vb)?;
+                    let bias = c
+                        .bias()
+                        .cloned()
+                        .ok_or_else(|| spec.err(i, "conv without bias"))?;
+                    Built::Conv {
+                        weight: c.weight().clone(),
+                        bias,
+                        stride: *stride,
+                        padding: *padding,
+                        groups: 1,
+                    }
+                }
+                Layer::Depthwise {
+                    kernel,
+                    stride,
+                    padding,
+                } => {
+                    let channels = input[0];
+                    let cfg = candle_nn::Conv2dConfig {
+                        padding: *padding,
+                        stride: *stride,
+                        groups: channels,
+                        ..Default::default()
+                    };
+                    let c = candle_nn::conv2d(channels, channels, *kernel, cfg, vb)?;
+                    let bias = c
+                        .bias()
+                        .cloned()
+                        .ok_or_else(|| spec.err(i, "conv without bias"))?;
+                    Built::Conv {
+                        weight: c.weight().clone(),
+                        bias,
+                        stride: *stride,
+                        padding: *padding,
+                        groups: channels,
+                    }
+                }
+                Layer::MaxPool { size } => Built::MaxPool(*size),
+                Layer::GlobalAvgPool => Built::GlobalAvgPool,
+                Layer::Relu => Built::Relu,
+                Layer::Flatten => Built::Flatten,
+            });
+        }
+        Ok(Network { layers, conv })
+    }
+
+    /// Logits for a batch: `[N, ...input]` → `[N, classes]`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let mut x = x.clone();
+        for layer in &self.layers {
+            x = match layer {
+                Built::Dense(l) => l.forward(&x)?,
+                Built::Conv {
+                    weight,
+                    bias,
+                    stride,
+                    padding,
+                    groups,
+                } => {
+                    let y = match self.conv {
+                        ConvImpl::Candle => x.conv2d(weight, *padding, *stride, 1, *groups)?,
+                    };
+                    y.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?)?
+                }
+                Built::MaxPool(size) => x.max_pool2d(*size)?,
+                Built::GlobalAvgPool => x.mean((2, 3))?,
+                Built::Relu => x.relu()?,
+                Built::Flatten => x.flatten_from(1)?,
+            };
+        }
+        Ok(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn costs_match_hand_counts() {
+        let mlp = ModelSpec::mlp_800().cost().unwrap();
+        assert_eq!(
+            mlp.parameters,
+            784 * 800 + 800 + 800 * 800 + 800 + 800 * 10 + 10
+        );
+        assert_eq!(mlp.macs, 784 * 800 + 800 * 800 + 800 * 10);
+        let cnn = ModelSpec::cnn_small().cost().unwrap();
+        let conv = 28 * 28 * 32 * 9 + 14 * 14 * 64 * 32 * 9;
+        assert_eq!(cnn.macs, conv + 64 * 7 * 7 * 128 + 128 * 10);
+        let ds = ModelSpec::ds_block().cost().unwrap();
+        assert_eq!(
+            ds.parameters,
+            (16 * 9 + 16) + (16 * 9 + 16) + (32 * 16 + 32) + (32 * 10 + 10)
+        );
+    }
+
+    #[test]
+    fn bad_specs_name_the_layer() {
+        let mut spec = ModelSpec::cnn_small();
+        spec.layers.remove(6); // the flatten before the first dense
+        let err = spec.cost().unwrap_err().to_string();
+        assert!(err.contains("layer 6") && err.contains("flatten"), "{err}");
+    }
+
+    #[test]
+    fn forward_shapes() {
+        let varmap = candle_nn::VarMap::new();
+        let vb =
+            VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &candle_core::Device::Cpu);
+        for spec in [
+            ModelSpec::mlp_800(),
+            ModelSpec::cnn_small(),
+            ModelSpec::ds_block(),
+        ] {
+            let net = Network::new(&spec, vb.pp(&spec.name), ConvImpl::Candle).unwrap();
+            let mut shape = vec![2];
+            shape.extend(&spec.input);
+            let x =
+                Tensor::zeros(shape, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+            assert_eq!(net.forward(&x).unwrap().dims(), &[2, 10], "{}", spec.name);
+        }
+    }
+}

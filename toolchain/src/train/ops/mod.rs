@@ -1,0 +1,6 @@
+//! Fast training ops as candle custom ops (forward + backward), each checked
+//! against candle's own ops by finite differences.
+
+pub mod conv2d;
+pub mod depthwise;
+pub mod im2col;
