@@ -248,8 +248,33 @@ def _builders():
                        "Conv-Relu then a Shape/Gather/Unsqueeze/Concat-computed Reshape, "
                        "as PyTorch exports a dynamic-batch flatten")
 
+    def shape_math(seed):
+        # Reshape target computed with Slice, Gather, Mul, Sub, Cast and Concat
+        # on the input's shape (the arithmetic exporters emit for flattens).
+        rng = np.random.default_rng([seed, 6])
+        g = Graph(rng)
+        i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
+        shape = g.op("Shape", ["x"])
+        tail = g.op("Slice", [shape, g.init("s.starts", i64(1)), g.init("s.ends", i64(4)),
+                              g.init("s.axes", i64(0))])
+        c = g.op("Gather", [tail, g.init("g.c", np.array(0, np.int64))], axis=0)
+        hw = g.op("Mul", [g.op("Gather", [tail, g.init("g.h", np.array(1, np.int64))], axis=0),
+                          g.op("Gather", [tail, g.init("g.w", np.array(-1, np.int64))], axis=0)])
+        features = g.op("Mul", [c, hw])
+        features = g.op("Sub", [g.op("Add", [features, g.init("one", np.array(1, np.int64))]),
+                                g.init("one_b", np.array(1, np.int64))])
+        features = g.op("Unsqueeze", [features, g.init("u.axes", i64(0))])
+        n = g.op("Unsqueeze", [g.op("Gather", [shape, g.init("g.n", np.array(0, np.int64))],
+                                    axis=0), g.init("u.axes_n", i64(0))])
+        target = g.op("Cast", [g.op("Concat", [n, features], axis=0)], to=7)
+        h = g.op("Reshape", ["x", target])
+        y = g.op("Gemm", [h, g.weight("fc.weight", (10, 24), 24), g.bias("fc.bias", 10)],
+                 transB=1)
+        return g.model("shape_math", [("x", ["N", 2, 3, 4])], y, ["N", 10], 13,
+                       "Shape/Slice/Gather/Mul/Add/Sub/Unsqueeze/Concat/Cast-computed Reshape")
+
     return {"mlp": mlp, "mlp_matmul": mlp_matmul, "cnn": cnn, "dscnn": dscnn,
-            "ops_mix": ops_mix, "torch_flatten": torch_flatten}
+            "ops_mix": ops_mix, "torch_flatten": torch_flatten, "shape_math": shape_math}
 
 
 def generate(out_dir: str, seed: int, stamp: str) -> list[str]:
