@@ -84,9 +84,17 @@ enum Command {
         /// Images per step.
         #[arg(long, default_value_t = 128)]
         batch: usize,
-        /// Convolution implementation.
-        #[arg(long, value_enum, default_value = "candle")]
-        conv: tinykd::train::model::ConvImpl,
+        /// Convolution implementations to measure (comma-separated).
+        #[arg(long, value_enum, default_value = "candle", value_delimiter = ',')]
+        conv: Vec<tinykd::train::model::ConvImpl>,
+        /// Optimizer implementations to measure (comma-separated).
+        #[arg(
+            long,
+            value_enum,
+            default_value = "candle,fused",
+            value_delimiter = ','
+        )]
+        optimizer: Vec<tinykd::train::bench::OptimizerImpl>,
         /// Python of a venv with tensorflow-cpu, to measure the peer in the same run.
         #[arg(long, default_value = ".venv-peers/bin/python")]
         peer_python: PathBuf,
@@ -231,7 +239,8 @@ fn bench_train(
     keys: &[String],
     steps: usize,
     batch: usize,
-    conv: tinykd::train::model::ConvImpl,
+    convs: &[tinykd::train::model::ConvImpl],
+    optimizers: &[tinykd::train::bench::OptimizerImpl],
     peer_python: &Path,
     write_doc: Option<&Path>,
     json: bool,
@@ -243,8 +252,15 @@ fn bench_train(
         let (_, spec) = all.iter().find(|(k, _)| k == key).with_context(|| {
             format!("unknown benchmark model '{key}' (choose from mlp, cnn, ds)")
         })?;
-        eprintln!("bench-train: {} ({steps} steps of {batch})...", spec.name);
-        results.push((key.clone(), bench::bench_model(spec, batch, steps, conv)?));
+        for &conv in convs {
+            for &optimizer in optimizers {
+                eprintln!("bench-train: {} ({steps} steps of {batch}, conv {conv:?}, optimizer {optimizer:?})...", spec.name);
+                results.push((
+                    key.clone(),
+                    bench::bench_model(spec, batch, steps, conv, optimizer)?,
+                ));
+            }
+        }
     }
     let tf = if peer_python.exists() {
         eprintln!("bench-train: TensorFlow-CPU on the same shapes...");
@@ -319,6 +335,7 @@ fn main() -> Result<()> {
             steps,
             batch,
             conv,
+            optimizer,
             peer_python,
             write_doc,
             json,
@@ -326,7 +343,8 @@ fn main() -> Result<()> {
             &models,
             steps,
             batch,
-            conv,
+            &conv,
+            &optimizer,
             &peer_python,
             write_doc.as_deref(),
             json,

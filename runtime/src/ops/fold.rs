@@ -69,9 +69,9 @@ pub fn try_fold<'a>(ctx: &NodeCtx<'_, 'a>, opset: i64) -> Option<Result<(Op, Out
     // integer constant (float Add/Mul/... are regular ops).
     let mut args = [([0i64; SmallInts::MAX], 0usize); 5];
     let mut n_args = 0;
-    for i in 0..ctx.inputs.len().min(5) {
+    for (i, arg) in args.iter_mut().enumerate().take(ctx.inputs.len()) {
         if let Some(v) = ctx.optional_input(i) {
-            args[i] = small_ints(v)?;
+            *arg = small_ints(v)?;
             n_args = i + 1;
         }
     }

@@ -3,6 +3,7 @@
 //! peer venv is installed (`make bench-peers`).
 
 use super::model::{ConvImpl, ModelError, ModelSpec, Network};
+use super::optim::{AdamW, AdamWConfig, OptimError};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use serde::Serialize;
@@ -37,6 +38,8 @@ pub struct TrainBench {
     pub steps: usize,
     /// Convolution implementation.
     pub conv: ConvImpl,
+    /// Optimizer implementation.
+    pub optimizer: OptimizerImpl,
     /// Phase medians.
     pub times: StepTimes,
     /// Images per second (batch / median step).
@@ -54,6 +57,35 @@ pub enum BenchError {
     /// candle failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// The fused optimizer failed.
+    #[error(transparent)]
+    Optim(#[from] OptimError),
+}
+
+/// Which AdamW runs the update.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerImpl {
+    /// candle_nn::AdamW (per-tensor op chains).
+    Candle,
+    /// tinykd's fused AdamW (one pass per parameter, in place).
+    Fused,
+}
+
+/// Either optimizer behind one `step`.
+enum AnyAdamW {
+    Candle(candle_nn::AdamW),
+    Fused(AdamW),
+}
+
+impl AnyAdamW {
+    fn step(&mut self, grads: &candle_core::backprop::GradStore) -> Result<(), BenchError> {
+        match self {
+            AnyAdamW::Candle(o) => o.step(grads)?,
+            AnyAdamW::Fused(o) => o.step(grads)?,
+        }
+        Ok(())
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -68,14 +100,22 @@ pub fn bench_model(
     batch: usize,
     steps: usize,
     conv: ConvImpl,
+    optimizer_impl: OptimizerImpl,
 ) -> Result<TrainBench, BenchError> {
     let device = Device::Cpu;
     let cost = spec.cost()?;
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
     let net = Network::new(spec, vb, conv)?;
-    let mut optimizer =
-        candle_nn::AdamW::new(varmap.all_vars(), candle_nn::ParamsAdamW::default())?;
+    let mut optimizer = match optimizer_impl {
+        OptimizerImpl::Candle => AnyAdamW::Candle(candle_nn::AdamW::new(
+            varmap.all_vars(),
+            candle_nn::ParamsAdamW::default(),
+        )?),
+        OptimizerImpl::Fused => {
+            AnyAdamW::Fused(AdamW::new(varmap.all_vars(), AdamWConfig::default())?)
+        }
+    };
     let mut shape = vec![batch];
     shape.extend(&spec.input);
     let x = Tensor::randn(0f32, 1f32, shape, &device)?;
@@ -113,6 +153,7 @@ pub fn bench_model(
         batch,
         steps,
         conv,
+        optimizer: optimizer_impl,
         times,
         images_per_s,
         gflops,
@@ -162,8 +203,8 @@ pub fn benchmark_models() -> Vec<(&'static str, ModelSpec)> {
 /// Renders results (and TensorFlow's, if measured) as a Markdown table.
 pub fn markdown(results: &[(String, TrainBench)], tf: Option<&serde_json::Value>) -> String {
     let mut md = String::from(
-        "| model | params | conv | forward ms | backward ms | optimizer ms | step ms | images/s | GFLOP/s | TF images/s | ratio to TF |\n\
-         | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| model | params | conv | optimizer | forward ms | backward ms | optimizer ms | step ms | images/s | GFLOP/s | TF images/s | ratio to TF |\n\
+         | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for (key, r) in results {
         let tf_ips = tf.and_then(|t| t[key.as_str()]["images_per_s"].as_f64());
@@ -172,10 +213,11 @@ pub fn markdown(results: &[(String, TrainBench)], tf: Option<&serde_json::Value>
             None => ("–".into(), "–".into()),
         };
         md.push_str(&format!(
-            "| {} | {} | {:?} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {tf_col} | {ratio} |\n",
+            "| {} | {} | {:?} | {:?} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {tf_col} | {ratio} |\n",
             r.model,
             r.parameters,
             r.conv,
+            r.optimizer,
             r.times.forward_ms,
             r.times.backward_ms,
             r.times.optimizer_ms,
