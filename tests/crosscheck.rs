@@ -19,7 +19,14 @@ const MODELS: &[&str] = &[
 /// tract 0.23.9 panics inside its Squeeze-13 shape inference on ops_mix's
 /// negative squeeze axes (index out of bounds in `Squeeze::output_shape`), so
 /// that model is checked against ONNX Runtime's outputs only.
-const TRACT_MODELS: &[&str] = &["mlp", "mlp_matmul", "cnn", "dscnn", "torch_flatten", "shape_math"];
+const TRACT_MODELS: &[&str] = &[
+    "mlp",
+    "mlp_matmul",
+    "cnn",
+    "dscnn",
+    "torch_flatten",
+    "shape_math",
+];
 
 fn data_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/crosscheck");
