@@ -85,7 +85,7 @@ enum Command {
         #[arg(long, default_value_t = 128)]
         batch: usize,
         /// Convolution implementations to measure (comma-separated).
-        #[arg(long, value_enum, default_value = "candle", value_delimiter = ',')]
+        #[arg(long, value_enum, default_value = "candle,fast", value_delimiter = ',')]
         conv: Vec<tinykd::train::model::ConvImpl>,
         /// Optimizer implementations to measure (comma-separated).
         #[arg(

@@ -1,6 +1,8 @@
 //! Model specs (the layers of a student or teacher) and the candle network
 //! built from one.
 
+use super::ops::conv2d::{conv2d_with, Conv2dParams};
+use super::ops::depthwise::depthwise_conv2d_with;
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
@@ -296,6 +298,9 @@ enum Built {
 pub enum ConvImpl {
     /// candle's own conv2d (grouped conv for depthwise).
     Candle,
+    /// tinykd's custom ops: im2col + GEMM conv and a direct depthwise
+    /// kernel, bias fused, with their own backward passes.
+    Fast,
 }
 
 /// A network built from a [`ModelSpec`], its parameters in a `VarMap`.
@@ -384,12 +389,19 @@ impl Network {
                     stride,
                     padding,
                     groups,
-                } => {
-                    let y = match self.conv {
-                        ConvImpl::Candle => x.conv2d(weight, *padding, *stride, 1, *groups)?,
-                    };
-                    y.broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?)?
-                }
+                } => match self.conv {
+                    ConvImpl::Candle => x
+                        .conv2d(weight, *padding, *stride, 1, *groups)?
+                        .broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?)?,
+                    ConvImpl::Fast => {
+                        let p = Conv2dParams::new(*stride, *padding);
+                        if *groups == 1 {
+                            conv2d_with(&x, weight, Some(bias), &p)?
+                        } else {
+                            depthwise_conv2d_with(&x, weight, Some(bias), &p)?
+                        }
+                    }
+                },
                 Built::MaxPool(size) => x.max_pool2d(*size)?,
                 Built::GlobalAvgPool => x.mean((2, 3))?,
                 Built::Relu => x.relu()?,
@@ -446,6 +458,41 @@ mod tests {
             let x =
                 Tensor::zeros(shape, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
             assert_eq!(net.forward(&x).unwrap().dims(), &[2, 10], "{}", spec.name);
+        }
+    }
+
+    #[test]
+    fn fast_convs_compute_what_candle_computes() {
+        let varmap = candle_nn::VarMap::new();
+        let vb =
+            VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &candle_core::Device::Cpu);
+        for spec in [ModelSpec::cnn_small(), ModelSpec::ds_block()] {
+            let candle = Network::new(&spec, vb.pp(&spec.name), ConvImpl::Candle).unwrap();
+            // Same VarBuilder prefix: the same parameters, other conv kernels.
+            let fast = Network::new(&spec, vb.pp(&spec.name), ConvImpl::Fast).unwrap();
+            let x = Tensor::randn(0f32, 1f32, (3, 1, 28, 28), &candle_core::Device::Cpu).unwrap();
+            let (a, b) = (candle.forward(&x).unwrap(), fast.forward(&x).unwrap());
+            let diff = (a - &b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let scale = b
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                .max(1.0);
+            assert!(
+                diff <= 1e-4 * scale,
+                "{}: fast vs candle differ by {diff}",
+                spec.name
+            );
         }
     }
 }

@@ -2,5 +2,9 @@
 //! against candle's own ops by finite differences.
 
 pub mod conv2d;
+pub mod cpu;
 pub mod depthwise;
 pub mod im2col;
+pub mod linear;
+#[cfg(test)]
+mod testutil;

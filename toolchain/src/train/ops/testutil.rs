@@ -1,7 +1,7 @@
 //! Test and benchmark harness shared by the conv ops' tests: reference
 //! comparison against candle, f64 finite differences, and timing.
 
-use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, Var};
 use std::time::Instant;
 
 /// A convolution under test: `(x, w) → y`.
@@ -31,7 +31,10 @@ pub fn rel_err(a: &Tensor, b: &Tensor) -> Result<f64> {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
     let (a, b) = (values(a)?, values(b)?);
     let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
-    Ok(a.iter().zip(&b).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale)
+    Ok(a.iter()
+        .zip(&b)
+        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
+        / scale)
 }
 
 /// Asserts that `ours` matches `reference` in f32: output, and the gradients
@@ -53,7 +56,10 @@ pub fn check_vs_reference(
     let go = (yo * &r)?.sum_all()?.backward()?;
     let gr = (yr * &r)?.sum_all()?.backward()?;
     for (name, v) in [("x", &x), ("w", &w)] {
-        let (a, b) = (go.get(v).expect("our grad"), gr.get(v).expect("candle grad"));
+        let (a, b) = (
+            go.get(v).expect("our grad"),
+            gr.get(v).expect("candle grad"),
+        );
         let e = rel_err(a, b)?;
         assert!(e < tol, "grad {name} x{xd:?} w{wd:?}: rel err {e:e}");
     }
@@ -86,7 +92,11 @@ pub fn check_finite_diff(op: Conv, xd: &[usize], wd: &[usize], seed: u64) -> Res
             // The loss is linear in each input, so only rounding separates the two.
             let num = (p - m) / (2.0 * eps);
             let diff = (num - analytic[i]).abs();
-            assert!(diff <= 1e-9 * (1.0 + num.abs()), "input {which} elem {i}: fd {num} vs {}", analytic[i]);
+            assert!(
+                diff <= 1e-9 * (1.0 + num.abs()),
+                "input {which} elem {i}: fd {num} vs {}",
+                analytic[i]
+            );
         }
     }
     Ok(())
@@ -105,30 +115,74 @@ pub fn median_ms(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> 
     Ok(t[reps / 2])
 }
 
+/// `sum(y · r)` whose backward hands `r` straight back, so that timing a
+/// layer's forward + backward does not time candle's broadcast-mul backward.
+#[derive(Clone)]
+struct DotLoss(Tensor, std::sync::Arc<Vec<f32>>);
+
+impl CustomOp1 for DotLoss {
+    fn name(&self) -> &'static str {
+        "dot-loss"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(y), (a, b)) = (s, l.contiguous_offsets().expect("contiguous")) else {
+            candle_core::bail!("dot-loss: f32 only")
+        };
+        let v: f32 = y[a..b].iter().zip(self.1.iter()).map(|(y, r)| y * r).sum();
+        Ok((CpuStorage::F32(vec![v]), Shape::from(())))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        assert_eq!(grad.to_scalar::<f32>()?, 1.0, "dot-loss must be the root");
+        Ok(Some(self.0.clone()))
+    }
+}
+
 /// Prints forward and forward+backward medians (10 runs) of `ours` against
 /// `reference`; `x_grad` says whether `x` needs a gradient (it does not for
 /// a network's first layer). `flops` is one forward pass's FLOP count.
-pub fn bench_pair(label: &str, ours: Conv, reference: Conv, xd: &[usize], wd: &[usize], x_grad: bool, flops: f64) -> Result<()> {
+pub fn bench_pair(
+    label: &str,
+    ours: Conv,
+    reference: Conv,
+    xd: &[usize],
+    wd: &[usize],
+    x_grad: bool,
+    flops: f64,
+) -> Result<()> {
     let w = Var::from_tensor(&rand(wd, 1, DType::F32)?)?;
     let x0 = rand(xd, 2, DType::F32)?;
-    let x = if x_grad { Var::from_tensor(&x0)?.as_tensor().clone() } else { x0 };
+    let x = if x_grad {
+        Var::from_tensor(&x0)?.as_tensor().clone()
+    } else {
+        x0
+    };
     let r = rand(ours(&x, &w)?.dims(), 3, DType::F32)?;
+    let loss = DotLoss(
+        r.clone(),
+        std::sync::Arc::new(r.flatten_all()?.to_vec1::<f32>()?),
+    );
     let mut row = Vec::new();
     for op in [ours, reference] {
         let fwd = median_ms(10, || op(&x, &w).map(drop))?;
-        let both = median_ms(10, || (op(&x, &w)? * &r)?.sum_all()?.backward().map(drop))?;
+        let both = median_ms(10, || {
+            op(&x, &w)?.apply_op1(loss.clone())?.backward().map(drop)
+        })?;
         row.push((fwd, both));
     }
-    let loss_only = median_ms(10, || (r.clone() * &r)?.sum_all().map(drop))?;
+    // What the loss and candle's gradient bookkeeping for `y` cost on their own.
+    let y = Var::from_tensor(&ours(&x, &w)?)?;
+    let overhead = median_ms(10, || y.apply_op1(loss.clone())?.backward().map(drop))?;
     let ((of, ob), (cf, cb)) = (row[0], row[1]);
-    let bwd_flops = if x_grad { 2.0 * flops } else { flops };
+    let all_flops = if x_grad { 3.0 * flops } else { 2.0 * flops };
     println!(
         "{label}: fwd ours {of:.2} ms / candle {cf:.2} ms ({:.1}x); fwd+bwd ours {ob:.2} ms / candle {cb:.2} ms ({:.1}x); \
-         ours {:.1} GFLOP/s fwd, {:.1} GFLOP/s fwd+bwd (loss mul+sum {loss_only:.2} ms incl.)",
+         ours {:.1} GFLOP/s fwd, {:.1} GFLOP/s fwd+bwd; fwd+bwd includes {overhead:.2} ms of loss + candle grad bookkeeping",
         cf / of,
         cb / ob,
         flops / of / 1e6,
-        (flops + bwd_flops) / ob / 1e6,
+        all_flops / ob / 1e6,
     );
     Ok(())
 }
