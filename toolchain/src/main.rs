@@ -84,9 +84,9 @@ enum Command {
         /// Images per step.
         #[arg(long, default_value_t = 128)]
         batch: usize,
-        /// Convolution implementations to measure (comma-separated).
+        /// Layer kernels to measure (comma-separated): candle's ops, tinykd's fast ops.
         #[arg(long, value_enum, default_value = "candle,fast", value_delimiter = ',')]
-        conv: Vec<tinykd::train::model::ConvImpl>,
+        kernels: Vec<tinykd::train::model::Kernels>,
         /// Optimizer implementations to measure (comma-separated).
         #[arg(
             long,
@@ -239,7 +239,7 @@ fn bench_train(
     keys: &[String],
     steps: usize,
     batch: usize,
-    convs: &[tinykd::train::model::ConvImpl],
+    kernels: &[tinykd::train::model::Kernels],
     optimizers: &[tinykd::train::bench::OptimizerImpl],
     peer_python: &Path,
     write_doc: Option<&Path>,
@@ -252,12 +252,12 @@ fn bench_train(
         let (_, spec) = all.iter().find(|(k, _)| k == key).with_context(|| {
             format!("unknown benchmark model '{key}' (choose from mlp, cnn, ds)")
         })?;
-        for &conv in convs {
+        for &kernel in kernels {
             for &optimizer in optimizers {
-                eprintln!("bench-train: {} ({steps} steps of {batch}, conv {conv:?}, optimizer {optimizer:?})...", spec.name);
+                eprintln!("bench-train: {} ({steps} steps of {batch}, kernels {kernel:?}, optimizer {optimizer:?})...", spec.name);
                 results.push((
                     key.clone(),
-                    bench::bench_model(spec, batch, steps, conv, optimizer)?,
+                    bench::bench_model(spec, batch, steps, kernel, optimizer)?,
                 ));
             }
         }
@@ -334,7 +334,7 @@ fn main() -> Result<()> {
             models,
             steps,
             batch,
-            conv,
+            kernels,
             optimizer,
             peer_python,
             write_doc,
@@ -343,7 +343,7 @@ fn main() -> Result<()> {
             &models,
             steps,
             batch,
-            &conv,
+            &kernels,
             &optimizer,
             &peer_python,
             write_doc.as_deref(),

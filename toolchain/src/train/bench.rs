@@ -2,7 +2,7 @@
 //! backward / optimizer breakdown, side by side with TensorFlow-CPU when a
 //! peer venv is installed (`make bench-peers`).
 
-use super::model::{ConvImpl, ModelError, ModelSpec, Network};
+use super::model::{Kernels, ModelError, ModelSpec, Network};
 use super::optim::{AdamW, AdamWConfig, OptimError};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
@@ -36,8 +36,8 @@ pub struct TrainBench {
     pub batch: usize,
     /// Timed steps (after warm-up).
     pub steps: usize,
-    /// Convolution implementation.
-    pub conv: ConvImpl,
+    /// Layer kernels.
+    pub kernels: Kernels,
     /// Optimizer implementation.
     pub optimizer: OptimizerImpl,
     /// Phase medians.
@@ -99,14 +99,14 @@ pub fn bench_model(
     spec: &ModelSpec,
     batch: usize,
     steps: usize,
-    conv: ConvImpl,
+    kernels: Kernels,
     optimizer_impl: OptimizerImpl,
 ) -> Result<TrainBench, BenchError> {
     let device = Device::Cpu;
     let cost = spec.cost()?;
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-    let net = Network::new(spec, vb, conv)?;
+    let net = Network::new(spec, vb, kernels)?;
     let mut optimizer = match optimizer_impl {
         OptimizerImpl::Candle => AnyAdamW::Candle(candle_nn::AdamW::new(
             varmap.all_vars(),
@@ -152,7 +152,7 @@ pub fn bench_model(
         macs_per_image: cost.macs,
         batch,
         steps,
-        conv,
+        kernels,
         optimizer: optimizer_impl,
         times,
         images_per_s,
@@ -203,7 +203,7 @@ pub fn benchmark_models() -> Vec<(&'static str, ModelSpec)> {
 /// Renders results (and TensorFlow's, if measured) as a Markdown table.
 pub fn markdown(results: &[(String, TrainBench)], tf: Option<&serde_json::Value>) -> String {
     let mut md = String::from(
-        "| model | params | conv | optimizer | forward ms | backward ms | optimizer ms | step ms | images/s | GFLOP/s | TF images/s | ratio to TF |\n\
+        "| model | params | kernels | optimizer | forward ms | backward ms | optimizer ms | step ms | images/s | GFLOP/s | TF images/s | ratio to TF |\n\
          | --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for (key, r) in results {
@@ -216,7 +216,7 @@ pub fn markdown(results: &[(String, TrainBench)], tf: Option<&serde_json::Value>
             "| {} | {} | {:?} | {:?} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {tf_col} | {ratio} |\n",
             r.model,
             r.parameters,
-            r.conv,
+            r.kernels,
             r.optimizer,
             r.times.forward_ms,
             r.times.backward_ms,

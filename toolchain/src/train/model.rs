@@ -3,6 +3,7 @@
 
 use super::ops::conv2d::{conv2d_with, Conv2dParams};
 use super::ops::depthwise::depthwise_conv2d_with;
+use super::ops::pool;
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
@@ -292,26 +293,28 @@ enum Built {
     Flatten,
 }
 
-/// Which implementation the convolutions use.
+/// Which kernels the network's layers use (Dense always uses candle-nn's
+/// Linear for now).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
-pub enum ConvImpl {
+pub enum Kernels {
     /// candle's own conv2d (grouped conv for depthwise).
     Candle,
     /// tinykd's custom ops: im2col + GEMM conv and a direct depthwise
-    /// kernel, bias fused, with their own backward passes.
+    /// kernel with fused bias, max pooling, ReLU and global average pooling,
+    /// each with its own backward pass.
     Fast,
 }
 
 /// A network built from a [`ModelSpec`], its parameters in a `VarMap`.
 pub struct Network {
     layers: Vec<Built>,
-    conv: ConvImpl,
+    kernels: Kernels,
 }
 
 impl Network {
     /// Creates the parameters under `vb` (Kaiming-uniform weights, as candle-nn does).
-    pub fn new(spec: &ModelSpec, vb: VarBuilder, conv: ConvImpl) -> Result<Self, ModelError> {
+    pub fn new(spec: &ModelSpec, vb: VarBuilder, kernels: Kernels) -> Result<Self, ModelError> {
         let mut shapes = Vec::new();
         spec.walk(|_, _, input, _| shapes.push(input.to_vec()))?;
         let mut layers = Vec::new();
@@ -374,7 +377,7 @@ impl Network {
                 Layer::Flatten => Built::Flatten,
             });
         }
-        Ok(Network { layers, conv })
+        Ok(Network { layers, kernels })
     }
 
     /// Logits for a batch: `[N, ...input]` → `[N, classes]`.
@@ -389,11 +392,11 @@ impl Network {
                     stride,
                     padding,
                     groups,
-                } => match self.conv {
-                    ConvImpl::Candle => x
+                } => match self.kernels {
+                    Kernels::Candle => x
                         .conv2d(weight, *padding, *stride, 1, *groups)?
                         .broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?)?,
-                    ConvImpl::Fast => {
+                    Kernels::Fast => {
                         let p = Conv2dParams::new(*stride, *padding);
                         if *groups == 1 {
                             conv2d_with(&x, weight, Some(bias), &p)?
@@ -402,9 +405,20 @@ impl Network {
                         }
                     }
                 },
-                Built::MaxPool(size) => x.max_pool2d(*size)?,
-                Built::GlobalAvgPool => x.mean((2, 3))?,
-                Built::Relu => x.relu()?,
+                // candle 0.11.1's max_pool2d backward scales the gradient by
+                // 1/k² (see ops/pool.rs); the fast op gives the true gradient.
+                Built::MaxPool(size) => match self.kernels {
+                    Kernels::Candle => x.max_pool2d(*size)?,
+                    Kernels::Fast => pool::max_pool2d(&x, *size)?,
+                },
+                Built::GlobalAvgPool => match self.kernels {
+                    Kernels::Candle => x.mean((2, 3))?,
+                    Kernels::Fast => pool::global_avg_pool(&x)?,
+                },
+                Built::Relu => match self.kernels {
+                    Kernels::Candle => x.relu()?,
+                    Kernels::Fast => pool::relu(&x)?,
+                },
                 Built::Flatten => x.flatten_from(1)?,
             };
         }
@@ -452,7 +466,7 @@ mod tests {
             ModelSpec::cnn_small(),
             ModelSpec::ds_block(),
         ] {
-            let net = Network::new(&spec, vb.pp(&spec.name), ConvImpl::Candle).unwrap();
+            let net = Network::new(&spec, vb.pp(&spec.name), Kernels::Candle).unwrap();
             let mut shape = vec![2];
             shape.extend(&spec.input);
             let x =
@@ -467,9 +481,9 @@ mod tests {
         let vb =
             VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &candle_core::Device::Cpu);
         for spec in [ModelSpec::cnn_small(), ModelSpec::ds_block()] {
-            let candle = Network::new(&spec, vb.pp(&spec.name), ConvImpl::Candle).unwrap();
+            let candle = Network::new(&spec, vb.pp(&spec.name), Kernels::Candle).unwrap();
             // Same VarBuilder prefix: the same parameters, other conv kernels.
-            let fast = Network::new(&spec, vb.pp(&spec.name), ConvImpl::Fast).unwrap();
+            let fast = Network::new(&spec, vb.pp(&spec.name), Kernels::Fast).unwrap();
             let x = Tensor::randn(0f32, 1f32, (3, 1, 28, 28), &candle_core::Device::Cpu).unwrap();
             let (a, b) = (candle.forward(&x).unwrap(), fast.forward(&x).unwrap());
             let diff = (a - &b)

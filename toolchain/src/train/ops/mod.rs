@@ -6,5 +6,6 @@ pub mod cpu;
 pub mod depthwise;
 pub mod im2col;
 pub mod linear;
+pub mod pool;
 #[cfg(test)]
 mod testutil;
