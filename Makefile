@@ -9,7 +9,7 @@ CONFORMANCE_DIR := $(BUILD)/onnx-node-tests
 CROSSCHECK_DIR  := $(BUILD)/crosscheck
 DEMO_MODEL      := models/demo/fashion_mlp.onnx
 
-.PHONY: setup build test demo conformance crosscheck-data fmt-check no-std firmware ops-doc size bench-train bench-peers clean
+.PHONY: setup build test demo conformance run-conformance crosscheck-data fmt-check no-std firmware ops-doc size bench-train bench-peers clean
 
 setup:
 	@bash scripts/setup.sh
@@ -22,7 +22,10 @@ crosscheck-data: setup
 	@$(PYTHON) scripts/gen_conformance.py $(CONFORMANCE_DIR)
 	@$(PYTHON) scripts/gen_crosscheck_models.py $(CROSSCHECK_DIR)
 
-conformance: build crosscheck-data
+conformance: build crosscheck-data run-conformance
+
+# Uses the binary `cargo test` or `make build` left in target/release.
+run-conformance:
 	$(TINYKD) conformance $(CONFORMANCE_DIR) --json --ops-doc $(BUILD)/ops.md > $(BUILD)/conformance.json || { cat $(BUILD)/conformance.json; exit 1; }
 	@$(PYTHON) -c "import json; s = json.load(open('$(BUILD)/conformance.json')); print('conformance:', {k: s[k] for k in ('passed', 'failed', 'unsupported')}); assert s['failed'] == 0 and s['passed'] >= 150"
 
@@ -38,9 +41,12 @@ firmware: setup
 fmt-check:
 	$(CARGO) fmt --all --check
 
+# `cargo test` also builds target/release/tinykd (the CLI tests run it), so
+# the conformance run reuses it instead of a second build with the
+# non-dev feature set.
 test: setup fmt-check crosscheck-data
 	$(CARGO) test --release --workspace
-	$(MAKE) --no-print-directory conformance no-std firmware
+	$(MAKE) --no-print-directory run-conformance no-std firmware
 
 demo: build
 	$(TINYKD) inspect $(DEMO_MODEL)

@@ -314,7 +314,21 @@ fn write_results_section(path: &Path, title: &str, body: &str) -> Result<()> {
     Ok(())
 }
 
+/// Keeps freed training buffers in the process. glibc returns freed
+/// megabyte-sized blocks to the kernel, and every training step then
+/// page-faults them back in (about a quarter of a step's time, measured).
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator thresholds; it is called before
+    // any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+    }
+}
+
 fn main() -> Result<()> {
+    keep_freed_memory();
     match Cli::parse().command {
         Command::Inspect { model, json } => inspect(&model, json),
         Command::Infer {

@@ -3,6 +3,7 @@
 
 use super::ops::conv2d::{conv2d_with, Conv2dParams};
 use super::ops::depthwise::depthwise_conv2d_with;
+use super::ops::linear::{linear, linear_relu};
 use super::ops::pool;
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
@@ -280,6 +281,8 @@ impl ModelSpec {
 /// A layer with its parameters.
 enum Built {
     Dense(candle_nn::Linear),
+    /// A Dense immediately followed by ReLU, run as one fused op (fast kernels).
+    DenseRelu(candle_nn::Linear),
     Conv {
         weight: Tensor,
         bias: Tensor,
@@ -293,8 +296,28 @@ enum Built {
     Flatten,
 }
 
-/// Which kernels the network's layers use (Dense always uses candle-nn's
-/// Linear for now).
+/// Folds each Dense + ReLU pair into one `DenseRelu`.
+fn fuse_dense_relu(layers: Vec<Built>) -> Vec<Built> {
+    let mut out: Vec<Built> = Vec::with_capacity(layers.len());
+    for layer in layers {
+        match (out.last(), &layer) {
+            (Some(Built::Dense(_)), Built::Relu) => {
+                if let Some(Built::Dense(l)) = out.pop() {
+                    out.push(Built::DenseRelu(l));
+                }
+            }
+            _ => out.push(layer),
+        }
+    }
+    out
+}
+
+fn dense_bias(l: &candle_nn::Linear) -> candle_core::Result<&Tensor> {
+    l.bias()
+        .ok_or_else(|| candle_core::Error::Msg("dense layer without bias".into()))
+}
+
+/// Which kernels the network's layers use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Kernels {
@@ -377,6 +400,9 @@ impl Network {
                 Layer::Flatten => Built::Flatten,
             });
         }
+        if kernels == Kernels::Fast {
+            layers = fuse_dense_relu(layers);
+        }
         Ok(Network { layers, kernels })
     }
 
@@ -385,7 +411,11 @@ impl Network {
         let mut x = x.clone();
         for layer in &self.layers {
             x = match layer {
-                Built::Dense(l) => l.forward(&x)?,
+                Built::Dense(l) => match self.kernels {
+                    Kernels::Candle => l.forward(&x)?,
+                    Kernels::Fast => linear(&x, l.weight(), dense_bias(l)?)?,
+                },
+                Built::DenseRelu(l) => linear_relu(&x, l.weight(), dense_bias(l)?)?,
                 Built::Conv {
                     weight,
                     bias,
@@ -476,15 +506,21 @@ mod tests {
     }
 
     #[test]
-    fn fast_convs_compute_what_candle_computes() {
+    fn fast_kernels_compute_what_candle_computes() {
         let varmap = candle_nn::VarMap::new();
         let vb =
             VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &candle_core::Device::Cpu);
-        for spec in [ModelSpec::cnn_small(), ModelSpec::ds_block()] {
+        for spec in [
+            ModelSpec::mlp_800(),
+            ModelSpec::cnn_small(),
+            ModelSpec::ds_block(),
+        ] {
             let candle = Network::new(&spec, vb.pp(&spec.name), Kernels::Candle).unwrap();
             // Same VarBuilder prefix: the same parameters, other conv kernels.
             let fast = Network::new(&spec, vb.pp(&spec.name), Kernels::Fast).unwrap();
-            let x = Tensor::randn(0f32, 1f32, (3, 1, 28, 28), &candle_core::Device::Cpu).unwrap();
+            let mut shape = vec![3];
+            shape.extend(&spec.input);
+            let x = Tensor::randn(0f32, 1f32, shape, &candle_core::Device::Cpu).unwrap();
             let (a, b) = (candle.forward(&x).unwrap(), fast.forward(&x).unwrap());
             let diff = (a - &b)
                 .unwrap()

@@ -207,7 +207,7 @@ fn plan(flops: usize) -> Threads {
     }
     let threads = candle_core::utils::barrier_pool().n_workers() + 1;
     if threads > 1 && flops >= MIN_SPLIT_FLOPS {
-        Threads::Pool(2 * threads)
+        Threads::Pool(threads)
     } else {
         Threads::One
     }
