@@ -308,7 +308,7 @@ fn write_results_section(path: &Path, title: &str, body: &str) -> Result<()> {
                 .map_or(old.len(), |i| start + header.len() + i + 1);
             format!("{}{section}{}", &old[..start], &old[end..])
         }
-        None => format!("{}\n{section}", old.trim_end()),
+        None => format!("{}\n\n{section}", old.trim_end()),
     };
     write_atomically(path, new.as_bytes())?;
     Ok(())
