@@ -189,42 +189,29 @@ impl ModelSpec {
                 }
                 (
                     Layer::Conv {
-                        filters,
                         kernel,
                         stride,
                         padding,
-                    },
-                    &[_, h, w],
-                ) => {
-                    let out = |d: usize| {
-                        (d + 2 * padding)
-                            .checked_sub(*kernel)
-                            .map(|r| r / stride + 1)
-                    };
-                    match (out(h), out(w), *stride > 0) {
-                        (Some(oh), Some(ow), true) => vec![*filters, oh, ow],
-                        _ => {
-                            return Err(
-                                self.err(i, "kernel larger than the padded input, or stride 0")
-                            )
-                        }
+                        ..
                     }
-                }
-                (
-                    Layer::Depthwise {
+                    | Layer::Depthwise {
                         kernel,
                         stride,
                         padding,
                     },
                     &[c, h, w],
                 ) => {
+                    let channels = match layer {
+                        Layer::Conv { filters, .. } => *filters,
+                        _ => c,
+                    };
                     let out = |d: usize| {
                         (d + 2 * padding)
                             .checked_sub(*kernel)
                             .map(|r| r / stride + 1)
                     };
                     match (out(h), out(w), *stride > 0) {
-                        (Some(oh), Some(ow), true) => vec![c, oh, ow],
+                        (Some(oh), Some(ow), true) => vec![channels, oh, ow],
                         _ => {
                             return Err(
                                 self.err(i, "kernel larger than the padded input, or stride 0")
@@ -346,42 +333,28 @@ impl Network {
             layers.push(match layer {
                 Layer::Dense { units } => Built::Dense(candle_nn::linear(input[0], *units, vb)?),
                 Layer::Conv {
-                    filters,
                     kernel,
                     stride,
                     padding,
-                } => {
-                    let cfg = candle_nn::Conv2dConfig {
-                        padding: *padding,
-                        stride: *stride,
-                        ..Default::default()
-                    };
-                    let c = candle_nn::conv2d(input[0], *filters, *kernel, cfg, vb)?;
-                    let bias = c
-                        .bias()
-                        .cloned()
-                        .ok_or_else(|| spec.err(i, "conv without bias"))?;
-                    Built::Conv {
-                        weight: c.weight().clone(),
-                        bias,
-                        stride: *stride,
-                        padding: *padding,
-                        groups: 1,
-                    }
+                    ..
                 }
-                Layer::Depthwise {
+                | Layer::Depthwise {
                     kernel,
                     stride,
                     padding,
                 } => {
-                    let channels = input[0];
+                    // A depthwise conv is a grouped conv with one group per channel.
+                    let (out_channels, groups) = match layer {
+                        Layer::Conv { filters, .. } => (*filters, 1),
+                        _ => (input[0], input[0]),
+                    };
                     let cfg = candle_nn::Conv2dConfig {
                         padding: *padding,
                         stride: *stride,
-                        groups: channels,
+                        groups,
                         ..Default::default()
                     };
-                    let c = candle_nn::conv2d(channels, channels, *kernel, cfg, vb)?;
+                    let c = candle_nn::conv2d(input[0], out_channels, *kernel, cfg, vb)?;
                     let bias = c
                         .bias()
                         .cloned()
@@ -391,7 +364,7 @@ impl Network {
                         bias,
                         stride: *stride,
                         padding: *padding,
-                        groups: channels,
+                        groups,
                     }
                 }
                 Layer::MaxPool { size } => Built::MaxPool(*size),
