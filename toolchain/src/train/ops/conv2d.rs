@@ -4,10 +4,10 @@
 //! conv-transpose path. Images are split over threads; each thread unfolds
 //! one image at a time into a buffer that stays in L2 for its GEMM.
 
-use super::cpu::{apply_conv, by_dtype, BiasGrad, Elem};
+use super::cpu::{apply_conv, by_dtype, Arg, ConvKernel, Elem, KernelOp};
 use super::im2col::{forward, grad_input, grad_weight, Geom};
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 /// Stride, symmetric padding and dilation of a convolution, as (height, width).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,7 +49,7 @@ pub fn conv2d_with(
         bail!("conv2d: input has {c} channels, weight expects {ic} (groups = 1 only)");
     }
     let g = Geom::new(c, h, wd, kh, kw, p.stride, p.padding, p.dilation)?;
-    apply_conv("conv2d", x, w, bias, oc, ConvOp { g, oc })
+    apply_conv("conv2d", x, w, bias, oc, KernelOp(ConvOp { g, oc }))
 }
 
 /// The forward op; its geometry was checked when it was built.
@@ -59,13 +59,12 @@ struct ConvOp {
     oc: usize,
 }
 
-impl ConvOp {
-    fn run(
-        &self,
-        xs: (&CpuStorage, &Layout),
-        w: (&CpuStorage, &Layout),
-        bias: Option<(&CpuStorage, &Layout)>,
-    ) -> Result<(CpuStorage, Shape)> {
+impl ConvKernel for ConvOp {
+    const NAMES: (&'static str, &'static str) = ("tinykd-conv2d", "tinykd-conv2d-bias");
+    type GradInput = GradInput;
+    type GradWeight = GradWeight;
+
+    fn forward(&self, xs: Arg, w: Arg, bias: Option<Arg>) -> Result<(CpuStorage, Shape)> {
         let b = xs.1.dims()[0];
         let shape = Shape::from((b, self.oc, self.g.oh, self.g.ow));
         by_dtype!(xs.0.dtype(), T => {
@@ -75,84 +74,18 @@ impl ConvOp {
         })
     }
 
-    fn grads(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        gy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let gy = gy.contiguous()?;
-        let (g, oc) = (self.g, self.oc);
-        // Input images never need a gradient, so skip the costliest GEMM for them.
-        let gx = x
-            .track_op()
-            .then(|| gy.apply_op2_no_bwd(w, &GradInput { g, oc }))
-            .transpose()?;
-        let gw = w
-            .track_op()
-            .then(|| x.apply_op2_no_bwd(&gy, &GradWeight { g, oc }))
-            .transpose()?;
-        Ok((gx, gw))
-    }
-}
-
-impl CustomOp2 for ConvOp {
-    fn name(&self) -> &'static str {
-        "tinykd-conv2d"
+    fn grad_input(&self) -> GradInput {
+        GradInput {
+            g: self.g,
+            oc: self.oc,
+        }
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.run((s1, l1), (s2, l2), None)
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        gy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        self.grads(x, w, gy)
-    }
-}
-
-impl CustomOp3 for ConvOp {
-    fn name(&self) -> &'static str {
-        "tinykd-conv2d-bias"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.run((s1, l1), (s2, l2), Some((s3, l3)))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        bias: &Tensor,
-        _res: &Tensor,
-        gy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (gx, gw) = self.grads(x, w, gy)?;
-        let gb = bias
-            .track_op()
-            .then(|| gy.contiguous()?.apply_op1_no_bwd(&BiasGrad))
-            .transpose()?;
-        Ok((gx, gw, gb))
+    fn grad_weight(&self) -> GradWeight {
+        GradWeight {
+            g: self.g,
+            oc: self.oc,
+        }
     }
 }
 
@@ -357,7 +290,10 @@ mod tests {
             // Each op alone, and the bare GEMMs of one pass on one thread.
             let (x, w) = (rand(&xd, 1, DType::F32)?, rand(&wd, 2, DType::F32)?);
             let gy = rand(&[128, oc, g.oh, g.ow], 3, DType::F32)?;
-            let f = median_ms(10, || x.apply_op2_no_bwd(&w, &ConvOp { g, oc }).map(drop))?;
+            let f = median_ms(10, || {
+                x.apply_op2_no_bwd(&w, &KernelOp(ConvOp { g, oc }))
+                    .map(drop)
+            })?;
             let gx = median_ms(10, || {
                 gy.apply_op2_no_bwd(&w, &GradInput { g, oc }).map(drop)
             })?;

@@ -191,6 +191,110 @@ pub fn sum_parts<T: Elem>(parts: Vec<Vec<T>>, len: usize) -> Vec<T> {
     total
 }
 
+/// `(storage, layout)` of one op argument.
+pub type Arg<'a> = (&'a CpuStorage, &'a Layout);
+
+/// The CPU kernels of a conv op; [`KernelOp`] wraps one as the candle custom
+/// ops with and without a fused bias, with their backward passes.
+pub trait ConvKernel: Send + Sync + 'static {
+    /// Op names without and with a fused bias.
+    const NAMES: (&'static str, &'static str);
+    /// `(gy, w) → gx`.
+    type GradInput: CustomOp2;
+    /// `(x, gy) → gw`.
+    type GradWeight: CustomOp2;
+    /// `(x, w, bias) → y`.
+    fn forward(&self, x: Arg, w: Arg, bias: Option<Arg>) -> Result<(CpuStorage, Shape)>;
+    /// The input-gradient op.
+    fn grad_input(&self) -> Self::GradInput;
+    /// The weight-gradient op.
+    fn grad_weight(&self) -> Self::GradWeight;
+}
+
+/// A [`ConvKernel`] as a two-input op (no bias) or three-input op (fused bias).
+pub struct KernelOp<K>(pub K);
+
+impl<K: ConvKernel> KernelOp<K> {
+    fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let gy = gy.contiguous()?;
+        // Input images never need a gradient, so skip that pass for them.
+        let gx = x
+            .track_op()
+            .then(|| gy.apply_op2_no_bwd(w, &self.0.grad_input()))
+            .transpose()?;
+        let gw = w
+            .track_op()
+            .then(|| x.apply_op2_no_bwd(&gy, &self.0.grad_weight()))
+            .transpose()?;
+        Ok((gx, gw))
+    }
+}
+
+impl<K: ConvKernel> CustomOp2 for KernelOp<K> {
+    fn name(&self) -> &'static str {
+        K::NAMES.0
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.0.forward((s1, l1), (s2, l2), None)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        self.grads(x, w, gy)
+    }
+}
+
+impl<K: ConvKernel> CustomOp3 for KernelOp<K> {
+    fn name(&self) -> &'static str {
+        K::NAMES.1
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.0.forward((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (gx, gw) = self.grads(x, w, gy)?;
+        let gb = bias
+            .track_op()
+            .then(|| gy.contiguous()?.apply_op1_no_bwd(&BiasGrad))
+            .transpose()?;
+        Ok((gx, gw, gb))
+    }
+}
+
 /// Checks what every conv op here needs (CPU, f32 or f64 alike, a bias of
 /// `channels` values), makes the inputs contiguous and applies `op`, as a
 /// two-input op or, with a bias, a three-input one.

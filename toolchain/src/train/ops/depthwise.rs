@@ -7,10 +7,12 @@
 //! little and keeps the inner loops branch-free and vectorised.
 
 use super::conv2d::Conv2dParams;
-use super::cpu::{apply_conv, by_dtype, has_fma, split, sum_parts, threads_for, BiasGrad, Elem};
+use super::cpu::{
+    apply_conv, by_dtype, has_fma, split, sum_parts, threads_for, Arg, ConvKernel, Elem, KernelOp,
+};
 use super::im2col::{Geom, Phases};
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 /// Depthwise convolution of `x` `[B, C, H, W]` with `w` `[C, 1, KH, KW]` (f32 or f64, CPU).
 pub fn depthwise_conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
@@ -33,7 +35,7 @@ pub fn depthwise_conv2d_with(
         );
     }
     let g = Geom::new(c, h, wd, kh, kw, p.stride, p.padding, p.dilation)?;
-    apply_conv("depthwise_conv2d", x, w, bias, c, DwOp { g })
+    apply_conv("depthwise_conv2d", x, w, bias, c, KernelOp(DwOp { g }))
 }
 
 /// Lane-wise accumulators per weight-gradient dot product: 64 f32 are eight
@@ -260,83 +262,24 @@ impl DwOp {
             Ok((T::wrap(v), shape))
         })
     }
-
-    fn grads(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        gy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let gy = gy.contiguous()?;
-        let gx = x
-            .track_op()
-            .then(|| gy.apply_op2_no_bwd(w, &Grad(*self, Pass::GradInput)))
-            .transpose()?;
-        let gw = w
-            .track_op()
-            .then(|| x.apply_op2_no_bwd(&gy, &Grad(*self, Pass::GradWeight)))
-            .transpose()?;
-        Ok((gx, gw))
-    }
 }
 
-impl CustomOp2 for DwOp {
-    fn name(&self) -> &'static str {
-        "tinykd-depthwise-conv2d"
+impl ConvKernel for DwOp {
+    const NAMES: (&'static str, &'static str) =
+        ("tinykd-depthwise-conv2d", "tinykd-depthwise-conv2d-bias");
+    type GradInput = Grad;
+    type GradWeight = Grad;
+
+    fn forward(&self, x: Arg, w: Arg, bias: Option<Arg>) -> Result<(CpuStorage, Shape)> {
+        self.run(Pass::Forward, x, w, bias)
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.run(Pass::Forward, (s1, l1), (s2, l2), None)
+    fn grad_input(&self) -> Grad {
+        Grad(*self, Pass::GradInput)
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        gy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        self.grads(x, w, gy)
-    }
-}
-
-impl CustomOp3 for DwOp {
-    fn name(&self) -> &'static str {
-        "tinykd-depthwise-conv2d-bias"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.run(Pass::Forward, (s1, l1), (s2, l2), Some((s3, l3)))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        bias: &Tensor,
-        _res: &Tensor,
-        gy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (gx, gw) = self.grads(x, w, gy)?;
-        let gb = bias
-            .track_op()
-            .then(|| gy.contiguous()?.apply_op1_no_bwd(&BiasGrad))
-            .transpose()?;
-        Ok((gx, gw, gb))
+    fn grad_weight(&self) -> Grad {
+        Grad(*self, Pass::GradWeight)
     }
 }
 
@@ -508,8 +451,8 @@ mod tests {
         let op = DwOp {
             g: Geom::new(16, 14, 14, 3, 3, (1, 1), (1, 1), (1, 1))?,
         };
-        let gy = x.apply_op2_no_bwd(&w, &op)?;
-        let f = median_ms(10, || x.apply_op2_no_bwd(&w, &op).map(drop))?;
+        let gy = x.apply_op2_no_bwd(&w, &KernelOp(op))?;
+        let f = median_ms(10, || x.apply_op2_no_bwd(&w, &KernelOp(op)).map(drop))?;
         let gx = median_ms(10, || {
             gy.apply_op2_no_bwd(&w, &Grad(op, Pass::GradInput))
                 .map(drop)

@@ -578,6 +578,7 @@ impl CustomOp3 for LinearBwd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::ops::testutil::{median_ms_after, rand, rel_err, values};
     use candle_core::{Device, Var};
     use candle_nn::Module;
     use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -585,36 +586,6 @@ mod tests {
 
     /// Overrides `plan` for the benchmarks: 0 as planned, 1 one thread, 2 gemm's rayon threads.
     pub(super) static FORCE: AtomicU8 = AtomicU8::new(0);
-
-    /// Deterministic pseudo-random tensor with values in [-1, 1).
-    fn rand(dims: &[usize], seed: u64, dtype: DType) -> Result<Tensor> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let n: usize = dims.iter().product();
-        let v: Vec<f64> = (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-            })
-            .collect();
-        Tensor::from_vec(v, dims, &Device::Cpu)?.to_dtype(dtype)
-    }
-
-    fn values(t: &Tensor) -> Result<Vec<f64>> {
-        t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()
-    }
-
-    /// `max|a − b| / max|b|`, after checking the shapes agree.
-    fn rel_err(a: &Tensor, b: &Tensor) -> Result<f64> {
-        assert_eq!(a.dims(), b.dims(), "shape mismatch");
-        let (a, b) = (values(a)?, values(b)?);
-        let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
-        Ok(a.iter()
-            .zip(&b)
-            .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
-            / scale)
-    }
 
     fn reference(x: &Tensor, w: &Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {
         let y = candle_nn::Linear::new(w.clone(), Some(b.clone())).forward(x)?;
@@ -932,17 +903,8 @@ mod tests {
     }
 
     /// Median wall time in ms of `reps` runs of `f`, after two warm-up runs.
-    fn median_ms(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-        f()?;
-        f()?;
-        let mut t = Vec::with_capacity(reps);
-        for _ in 0..reps {
-            let start = Instant::now();
-            f()?;
-            t.push(start.elapsed().as_secs_f64() * 1e3);
-        }
-        t.sort_by(f64::total_cmp);
-        Ok(t[reps / 2])
+    fn median_ms(reps: usize, f: impl FnMut() -> Result<()>) -> Result<f64> {
+        median_ms_after(2, reps, f)
     }
 
     /// Stops glibc from handing freed megabyte buffers back to the kernel, so

@@ -22,7 +22,8 @@ pub fn rand(dims: &[usize], seed: u64, dtype: DType) -> Result<Tensor> {
     Tensor::from_vec(v, dims, &Device::Cpu)?.to_dtype(dtype)
 }
 
-fn values(t: &Tensor) -> Result<Vec<f64>> {
+/// The values of `t` as f64, flattened.
+pub fn values(t: &Tensor) -> Result<Vec<f64>> {
     t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()
 }
 
@@ -103,8 +104,19 @@ pub fn check_finite_diff(op: Conv, xd: &[usize], wd: &[usize], seed: u64) -> Res
 }
 
 /// Median wall time in ms of `reps` runs of `f`, after one warm-up run.
-pub fn median_ms(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    f()?;
+pub fn median_ms(reps: usize, f: impl FnMut() -> Result<()>) -> Result<f64> {
+    median_ms_after(1, reps, f)
+}
+
+/// Median wall time in ms of `reps` runs of `f`, after `warmups` warm-up runs.
+pub fn median_ms_after(
+    warmups: usize,
+    reps: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<f64> {
+    for _ in 0..warmups {
+        f()?;
+    }
     let mut t = Vec::with_capacity(reps);
     for _ in 0..reps {
         let start = Instant::now();
