@@ -2,7 +2,6 @@
 
 use super::{NodeCtx, Op, Output, TensorRef};
 use crate::error::Error;
-use crate::tensor::MAX_RANK;
 
 /// A prepared Concat.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,7 +37,6 @@ pub(super) fn prepare<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Err
             .checked_add(v.shape.dim(axis))
             .ok_or_else(|| ctx.err(v.name, "too large"))?;
     }
-    let _ = MAX_RANK;
     Ok((
         Op::Concat(Concat { axis: axis as u8 }),
         Output::f32(ctx.shape(&out[..rank])?),

@@ -342,8 +342,7 @@ impl<'c, 'a> NodeCtx<'c, 'a> {
         if self.outputs == 0 {
             return Err(self.err("", "node has no outputs"));
         }
-        if let Some(extra) = self.output_used.iter().skip(1).position(|&used| used) {
-            let _ = extra;
+        if self.output_used.iter().skip(1).any(|&used| used) {
             return Err(
                 self.unsupported("outputs after the first (training-mode or index outputs)")
             );

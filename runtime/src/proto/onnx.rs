@@ -496,13 +496,10 @@ impl<'a> TensorView<'a> {
                 Field::Len(9, raw) => t.data = TensorData::Raw(raw),
                 Field::Len(13, _) => t.is_external = true,
                 Field::Varint(14, 1) => t.is_external = true,
-                f @ (Field::Len(n @ (4 | 5 | 7 | 10 | 11), _)
+                Field::Len(n @ (4 | 5 | 7 | 10 | 11), _)
                 | Field::Fixed32(n @ 4, _)
                 | Field::Varint(n @ (5 | 7 | 11), _)
-                | Field::Fixed64(n @ 10, _)) => {
-                    let _ = f;
-                    typed_field = Some(n);
-                }
+                | Field::Fixed64(n @ 10, _) => typed_field = Some(n),
                 _ => {}
             }
         }
