@@ -68,19 +68,10 @@ impl Report {
     pub fn new(model: &Model<'_>, file_bytes: usize) -> Self {
         let mut ops = BTreeMap::new();
         let (mut fused_activations, mut folded_nodes) = (0, 0);
-        const ACTIVATIONS: &[&str] = &[
-            "Relu",
-            "LeakyRelu",
-            "Clip",
-            "Sigmoid",
-            "Tanh",
-            "HardSigmoid",
-            "HardSwish",
-        ];
         for node in model.nodes() {
             *ops.entry(node.op_type.to_string()).or_insert(0) += 1;
             if node.op == tinykd_runtime::ops::Op::Nop {
-                if ACTIVATIONS.contains(&node.op_type) {
+                if tinykd_runtime::ops::unary::ACTIVATIONS.contains(&node.op_type) {
                     fused_activations += 1;
                 } else {
                     folded_nodes += 1;

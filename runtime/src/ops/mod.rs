@@ -400,9 +400,7 @@ pub fn prepare<'a>(ctx: &NodeCtx<'_, 'a>, opset: i64) -> Result<(Op, Output<'a>)
         "Sub" => binary::prepare(ctx, BinaryOp::Sub),
         "Mul" => binary::prepare(ctx, BinaryOp::Mul),
         "Div" => binary::prepare(ctx, BinaryOp::Div),
-        "Relu" | "LeakyRelu" | "Sigmoid" | "Tanh" | "HardSigmoid" | "HardSwish" | "Clip" => {
-            unary::prepare(ctx)
-        }
+        t if unary::ACTIVATIONS.contains(&t) => unary::prepare(ctx),
         "Softmax" => softmax::prepare(ctx, false),
         "LogSoftmax" => softmax::prepare(ctx, true),
         "MaxPool" | "AveragePool" => pool::prepare(ctx),

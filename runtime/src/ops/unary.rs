@@ -6,6 +6,18 @@ use crate::error::Error;
 use crate::kernels::generic::activation::Activation;
 use crate::tensor::DType;
 
+/// The op types this file implements; each can be fused into a preceding
+/// Conv/Gemm at load time.
+pub const ACTIVATIONS: &[&str] = &[
+    "Relu",
+    "LeakyRelu",
+    "Sigmoid",
+    "Tanh",
+    "HardSigmoid",
+    "HardSwish",
+    "Clip",
+];
+
 pub(super) fn prepare<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Error> {
     let op = match ctx.node.op_type {
         "Relu" => {
