@@ -6,6 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod conformance;
+pub mod data;
 pub mod engine;
 pub mod inspect;
 pub mod tensor_file;

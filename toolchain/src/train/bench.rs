@@ -193,11 +193,10 @@ pub fn tensorflow_peer(
 
 /// The benchmark models by key (`mlp`, `cnn`, `ds`).
 pub fn benchmark_models() -> Vec<(&'static str, ModelSpec)> {
-    vec![
-        ("mlp", ModelSpec::mlp_800()),
-        ("cnn", ModelSpec::cnn_small()),
-        ("ds", ModelSpec::ds_block()),
-    ]
+    ["mlp", "cnn", "ds"]
+        .into_iter()
+        .map(|k| (k, ModelSpec::builtin(k).expect("built-in spec")))
+        .collect()
 }
 
 /// Renders results (and TensorFlow's, if measured) as a Markdown table.

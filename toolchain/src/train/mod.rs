@@ -2,6 +2,9 @@
 //! the training benchmark.
 
 pub mod bench;
+pub mod checkpoint;
+pub mod fit;
+pub mod init;
 pub mod model;
 pub mod ops;
 pub mod optim;

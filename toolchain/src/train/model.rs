@@ -1,8 +1,9 @@
 //! Model specs (the layers of a student or teacher) and the candle network
 //! built from one.
 
-use super::ops::conv2d::{conv2d_with, Conv2dParams};
+use super::ops::conv2d::{conv2d_block, Conv2dParams};
 use super::ops::depthwise::depthwise_conv2d_with;
+use super::ops::im2col::Epilogue;
 use super::ops::linear::{linear, linear_relu};
 use super::ops::pool;
 use candle_core::{Module, Tensor};
@@ -61,6 +62,7 @@ fn one() -> usize {
 
 /// A network architecture: input shape (C, H, W; or features) and layers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelSpec {
     /// Short name, e.g. `mlp-800`.
     pub name: String,
@@ -86,6 +88,14 @@ pub enum ModelError {
     /// candle failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A spec file that cannot be read or parsed.
+    #[error("{path}: {reason}")]
+    File {
+        /// The spec file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// Parameter and multiply-accumulate counts of a spec.
@@ -98,6 +108,29 @@ pub struct Cost {
 }
 
 impl ModelSpec {
+    /// The built-in specs by name: `mlp` (784-800-800-10), `cnn`, `ds`.
+    pub fn builtin(name: &str) -> Option<Self> {
+        match name {
+            "mlp" => Some(Self::mlp_800()),
+            "cnn" => Some(Self::cnn_small()),
+            "ds" => Some(Self::ds_block()),
+            _ => None,
+        }
+    }
+
+    /// Reads a spec from a TOML file (`name`, `input`, `[[layers]]` tables
+    /// with a `type`) and checks that its layers fit together.
+    pub fn from_toml_file(path: &std::path::Path) -> Result<Self, ModelError> {
+        let err = |reason: String| ModelError::File {
+            path: path.into(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let spec: Self = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        spec.cost()?;
+        Ok(spec)
+    }
+
     /// The MLP 784-800-800-10 of Hinton et al. (the training benchmark's first model).
     pub fn mlp_800() -> Self {
         let dense = |units| Layer::Dense { units };
@@ -276,6 +309,9 @@ enum Built {
         stride: usize,
         padding: usize,
         groups: usize,
+        /// The ReLU and max pooling that follow a dense conv, folded into
+        /// it (fast kernels only; `Epilogue::NONE` otherwise).
+        epilogue: Epilogue,
     },
     MaxPool(usize),
     GlobalAvgPool,
@@ -283,16 +319,33 @@ enum Built {
     Flatten,
 }
 
-/// Folds each Dense + ReLU pair into one `DenseRelu`.
-fn fuse_dense_relu(layers: Vec<Built>) -> Vec<Built> {
+/// Folds each Dense + ReLU pair into one `DenseRelu`, and the ReLU and max
+/// pooling after a dense conv into the conv.
+fn fuse_epilogues(layers: Vec<Built>) -> Vec<Built> {
     let mut out: Vec<Built> = Vec::with_capacity(layers.len());
     for layer in layers {
-        match (out.last(), &layer) {
+        match (out.last_mut(), &layer) {
             (Some(Built::Dense(_)), Built::Relu) => {
                 if let Some(Built::Dense(l)) = out.pop() {
                     out.push(Built::DenseRelu(l));
                 }
             }
+            (
+                Some(Built::Conv {
+                    groups: 1,
+                    epilogue: ep,
+                    ..
+                }),
+                Built::Relu,
+            ) if !ep.relu => ep.relu = true,
+            (
+                Some(Built::Conv {
+                    groups: 1,
+                    epilogue: ep,
+                    ..
+                }),
+                Built::MaxPool(k),
+            ) if ep.pool == 1 => ep.pool = *k,
             _ => out.push(layer),
         }
     }
@@ -305,7 +358,7 @@ fn dense_bias(l: &candle_nn::Linear) -> candle_core::Result<&Tensor> {
 }
 
 /// Which kernels the network's layers use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Kernels {
     /// candle's own conv2d (grouped conv for depthwise).
@@ -365,6 +418,7 @@ impl Network {
                         stride: *stride,
                         padding: *padding,
                         groups,
+                        epilogue: Epilogue::NONE,
                     }
                 }
                 Layer::MaxPool { size } => Built::MaxPool(*size),
@@ -374,7 +428,7 @@ impl Network {
             });
         }
         if kernels == Kernels::Fast {
-            layers = fuse_dense_relu(layers);
+            layers = fuse_epilogues(layers);
         }
         Ok(Network { layers, kernels })
     }
@@ -395,6 +449,7 @@ impl Network {
                     stride,
                     padding,
                     groups,
+                    epilogue,
                 } => match self.kernels {
                     Kernels::Candle => x
                         .conv2d(weight, *padding, *stride, 1, *groups)?
@@ -402,16 +457,14 @@ impl Network {
                     Kernels::Fast => {
                         let p = Conv2dParams::new(*stride, *padding);
                         if *groups == 1 {
-                            conv2d_with(&x, weight, Some(bias), &p)?
+                            conv2d_block(&x, weight, Some(bias), &p, *epilogue)?
                         } else {
                             depthwise_conv2d_with(&x, weight, Some(bias), &p)?
                         }
                     }
                 },
-                // candle 0.11.1's max_pool2d backward scales the gradient by
-                // 1/k² (see ops/pool.rs); the fast op gives the true gradient.
                 Built::MaxPool(size) => match self.kernels {
-                    Kernels::Candle => x.max_pool2d(*size)?,
+                    Kernels::Candle => pool::candle_max_pool2d(&x, *size)?,
                     Kernels::Fast => pool::max_pool2d(&x, *size)?,
                 },
                 Built::GlobalAvgPool => match self.kernels {

@@ -1,13 +1,19 @@
-//! Dense 2-D convolution (groups = 1) as a candle custom op: im2col + GEMM
-//! forward, GEMM + col2im input gradient and GEMM-over-im2col weight
-//! gradient, each a custom op so backward never goes through candle's
-//! conv-transpose path. Images are split over threads; each thread unfolds
-//! one image at a time into a buffer that stays in L2 for its GEMM.
+//! Dense 2-D convolution (groups = 1) as one candle custom op, optionally
+//! fused with the ReLU and max pooling that follow it: im2col + GEMM
+//! forward; one backward pass computing the input, weight and bias
+//! gradients together. Images are split over threads; each thread unfolds
+//! one image at a time into buffers that stay in L2, so the full-size conv
+//! output (and its gradient) never goes through memory: for a conv → ReLU →
+//! pool block that saves several passes over the largest tensor of the
+//! network, plus candle's gradient bookkeeping for two nodes.
 
-use super::cpu::{apply_conv, by_dtype, Arg, ConvKernel, Elem, KernelOp};
-use super::im2col::{forward, grad_input, grad_weight, Geom};
+use super::cpu::{apply_conv, by_dtype, Arg, Elem};
+use super::im2col::{backward, forward, Epilogue, Geom};
 use candle_core::backend::BackendStorage;
-use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{
+    bail, CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor,
+};
+use std::sync::Mutex;
 
 /// Stride, symmetric padding and dilation of a convolution, as (height, width).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,61 +49,121 @@ pub fn conv2d_with(
     bias: Option<&Tensor>,
     p: &Conv2dParams,
 ) -> Result<Tensor> {
+    conv2d_block(x, w, bias, p, Epilogue::NONE)
+}
+
+/// Convolution + bias, then the ReLU and `pool`×`pool` max pooling (stride
+/// `pool`, floor) of `ep`, as one op. Pooling ties go to the first maximum
+/// in row-major window order, as TensorFlow and PyTorch do.
+pub fn conv2d_block(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    p: &Conv2dParams,
+    ep: Epilogue,
+) -> Result<Tensor> {
     let (_, c, h, wd) = x.dims4()?;
     let (oc, ic, kh, kw) = w.dims4()?;
     if ic != c {
         bail!("conv2d: input has {c} channels, weight expects {ic} (groups = 1 only)");
     }
     let g = Geom::new(c, h, wd, kh, kw, p.stride, p.padding, p.dilation)?;
-    apply_conv("conv2d", x, w, bias, oc, KernelOp(ConvOp { g, oc }))
+    if ep.pool == 0 || ep.pool > 15 || ep.pool > g.oh || ep.pool > g.ow {
+        bail!(
+            "conv2d: pool window {} must be 1..=15 and fit in the {}x{} conv output",
+            ep.pool,
+            g.oh,
+            g.ow
+        );
+    }
+    let op = ConvBlock {
+        g,
+        oc,
+        ep,
+        winners: Mutex::new(Vec::new()),
+    };
+    apply_conv("conv2d", x, w, bias, oc, op)
 }
 
-/// The forward op; its geometry was checked when it was built.
-#[derive(Clone, Copy, Debug)]
-struct ConvOp {
+/// The fused op; `winners` holds each pooling window's argmax after the
+/// forward pass (one op value per call, so it belongs to that call alone).
+struct ConvBlock {
     g: Geom,
     oc: usize,
+    ep: Epilogue,
+    winners: Mutex<Vec<u8>>,
 }
 
-impl ConvKernel for ConvOp {
-    const NAMES: (&'static str, &'static str) = ("tinykd-conv2d", "tinykd-conv2d-bias");
-    type GradInput = GradInput;
-    type GradWeight = GradWeight;
+impl ConvBlock {
+    fn names(&self) -> (&'static str, &'static str) {
+        match (self.ep.relu, self.ep.pool > 1) {
+            (false, false) => ("tinykd-conv2d", "tinykd-conv2d-bias"),
+            (true, false) => ("tinykd-conv2d-relu", "tinykd-conv2d-bias-relu"),
+            (false, true) => ("tinykd-conv2d-pool", "tinykd-conv2d-bias-pool"),
+            (true, true) => ("tinykd-conv2d-relu-pool", "tinykd-conv2d-bias-relu-pool"),
+        }
+    }
 
-    fn forward(&self, xs: Arg, w: Arg, bias: Option<Arg>) -> Result<(CpuStorage, Shape)> {
-        let b = xs.1.dims()[0];
-        let shape = Shape::from((b, self.oc, self.g.oh, self.g.ow));
-        by_dtype!(xs.0.dtype(), T => {
+    fn run(&self, x: Arg, w: Arg, bias: Option<Arg>) -> Result<(CpuStorage, Shape)> {
+        let b = x.1.dims()[0];
+        let (ph, pw) = self.ep.out_hw(self.g.oh, self.g.ow);
+        let shape = Shape::from((b, self.oc, ph, pw));
+        by_dtype!(x.0.dtype(), T => {
             let bias = bias.map(|(s, l)| T::view(s, l)).transpose()?;
-            let y = forward::<T>(T::view(xs.0, xs.1)?, T::view(w.0, w.1)?, bias, b, &self.g, self.oc);
+            let (y, winners) = forward::<T>(
+                T::view(x.0, x.1)?, T::view(w.0, w.1)?, bias, b, &self.g, self.oc, self.ep,
+            );
+            *self.winners.lock().expect("winners lock") = winners;
             Ok((T::wrap(y), shape))
         })
     }
 
-    fn grad_input(&self) -> GradInput {
-        GradInput {
-            g: self.g,
-            oc: self.oc,
+    /// `(gx, gw, gbias)`, each only where its input is tracked.
+    fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        y: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let gy = gy.contiguous()?;
+        let b = x.dims()[0];
+        let need_gx = x.track_op();
+        let (xs, xl) = x.storage_and_layout();
+        let (ws, wl) = w.storage_and_layout();
+        let (gs, gl) = gy.storage_and_layout();
+        let (ys, yl) = y.storage_and_layout();
+        let (Storage::Cpu(xs), Storage::Cpu(ws), Storage::Cpu(gs), Storage::Cpu(ys)) =
+            (&*xs, &*ws, &*gs, &*ys)
+        else {
+            bail!("conv2d: backward on a non-CPU tensor");
+        };
+        let winners = self.winners.lock().expect("winners lock");
+        if self.ep.pool > 1 && winners.len() != y.elem_count() {
+            bail!("conv2d: backward without a recorded forward");
         }
-    }
-
-    fn grad_weight(&self) -> GradWeight {
-        GradWeight {
-            g: self.g,
-            oc: self.oc,
-        }
+        let dev = Device::Cpu;
+        let g = &self.g;
+        let (gx, gw, gb) = by_dtype!(xs.dtype(), T => {
+            let (gx, gw, gb) = backward::<T>(
+                T::view(xs, xl)?, T::view(ws, wl)?, T::view(gs, gl)?, T::view(ys, yl)?,
+                &winners, b, g, self.oc, self.ep, need_gx,
+            );
+            (
+                gx.map(|v| Tensor::from_vec(v, (b, g.c, g.h, g.w), &dev)).transpose()?,
+                Tensor::from_vec(gw, w.shape(), &dev)?,
+                Tensor::from_vec(gb, self.oc, &dev)?,
+            )
+        });
+        let gb = bias.filter(|b| b.track_op()).map(|_| gb);
+        Ok((gx, w.track_op().then_some(gw), gb))
     }
 }
 
-/// `(gy, w) → gx`, the input gradient.
-struct GradInput {
-    g: Geom,
-    oc: usize,
-}
-
-impl CustomOp2 for GradInput {
+impl CustomOp2 for ConvBlock {
     fn name(&self) -> &'static str {
-        "tinykd-conv2d-grad-input"
+        self.names().0
     }
 
     fn cpu_fwd(
@@ -107,24 +173,24 @@ impl CustomOp2 for GradInput {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let b = l1.dims()[0];
-        let shape = Shape::from((b, self.g.c, self.g.h, self.g.w));
-        by_dtype!(s1.dtype(), T => {
-            let gx = grad_input::<T>(T::view(s1, l1)?, T::view(s2, l2)?, b, &self.g, self.oc);
-            Ok((T::wrap(gx), shape))
-        })
+        self.run((s1, l1), (s2, l2), None)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        res: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (gx, gw, _) = self.grads(x, w, None, res, gy)?;
+        Ok((gx, gw))
     }
 }
 
-/// `(x, gy) → gw`, the weight gradient.
-struct GradWeight {
-    g: Geom,
-    oc: usize,
-}
-
-impl CustomOp2 for GradWeight {
+impl CustomOp3 for ConvBlock {
     fn name(&self) -> &'static str {
-        "tinykd-conv2d-grad-weight"
+        self.names().1
     }
 
     fn cpu_fwd(
@@ -133,13 +199,21 @@ impl CustomOp2 for GradWeight {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let b = l1.dims()[0];
-        let shape = Shape::from((self.oc, self.g.c, self.g.kh, self.g.kw));
-        by_dtype!(s1.dtype(), T => {
-            let gw = grad_weight::<T>(T::view(s1, l1)?, T::view(s2, l2)?, b, &self.g, self.oc);
-            Ok((T::wrap(gw), shape))
-        })
+        self.run((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: &Tensor,
+        res: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        self.grads(x, w, Some(bias), res, gy)
     }
 }
 
@@ -261,6 +335,105 @@ mod tests {
         Ok(())
     }
 
+    /// ReLU and floor max pooling from candle's ops.
+    fn reference_epilogue(y: &Tensor, ep: Epilogue) -> Result<Tensor> {
+        let y = if ep.relu { y.relu()? } else { y.clone() };
+        match ep.pool {
+            1 => Ok(y),
+            k => crate::train::ops::pool::candle_max_pool2d(&y, k),
+        }
+    }
+
+    #[test]
+    fn fused_relu_and_pool_match_candle_ops() -> Result<()> {
+        // (batch, in ch, h, w, out ch, kernel, stride, padding, relu, pool)
+        let cases = [
+            (2, 3, 8, 8, 4, 3, 1, 1, true, 1),
+            (2, 3, 8, 8, 4, 3, 1, 1, false, 2),
+            (3, 2, 9, 11, 5, 3, 1, 1, true, 2),
+            (2, 4, 12, 10, 3, 3, 2, 1, true, 2),
+            (2, 3, 10, 10, 4, 1, 1, 0, true, 3),
+            (1, 2, 7, 7, 6, 5, 1, 2, true, 3),
+        ];
+        for (i, &(b, c, h, w, oc, k, s, pad, relu, pool)) in cases.iter().enumerate() {
+            let ep = Epilogue { relu, pool };
+            let bias = Var::from_tensor(&rand(&[oc], 100 + i as u64, DType::F32)?)?;
+            let p = Conv2dParams::new(s, pad);
+            let ours = |x: &Tensor, wt: &Tensor| conv2d_block(x, wt, Some(&bias), &p, ep);
+            let theirs = |x: &Tensor, wt: &Tensor| {
+                let y = x
+                    .conv2d(wt, pad, s, 1, 1)?
+                    .broadcast_add(&bias.reshape((1, oc, 1, 1))?)?;
+                reference_epilogue(&y, ep)
+            };
+            check_vs_reference(
+                &ours,
+                &theirs,
+                &[b, c, h, w],
+                &[oc, c, k, k],
+                20 * i as u64,
+                1e-4,
+            )?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_bias_gradient_matches_candle_ops() -> Result<()> {
+        let ep = Epilogue {
+            relu: true,
+            pool: 2,
+        };
+        let x = rand(&[3, 2, 8, 9], 1, DType::F32)?;
+        let w = Var::from_tensor(&rand(&[4, 2, 3, 3], 2, DType::F32)?)?;
+        let b = Var::from_tensor(&rand(&[4], 3, DType::F32)?)?;
+        let ours = conv2d_block(&x, &w, Some(&b), &Conv2dParams::new(1, 1), ep)?;
+        let y = x
+            .conv2d(&w, 1, 1, 1, 1)?
+            .broadcast_add(&b.reshape((1, 4, 1, 1))?)?;
+        let theirs = reference_epilogue(&y, ep)?;
+        let r = rand(ours.dims(), 4, DType::F32)?;
+        let go = (ours * &r)?.sum_all()?.backward()?;
+        let gt = (theirs * &r)?.sum_all()?.backward()?;
+        assert!(go.get(&x).is_none(), "untracked input got a gradient");
+        for v in [&w, &b] {
+            assert!(rel_err(go.get(v).unwrap(), gt.get(v).unwrap())? < 1e-4);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_gradients_match_finite_differences_f64() -> Result<()> {
+        let cases = [
+            (Conv2dParams::new(1, 1), [2, 2, 6, 7], [3, 2, 3, 3], 2),
+            (Conv2dParams::new(2, 0), [1, 3, 9, 9], [2, 3, 3, 3], 2),
+            (Conv2dParams::new(1, 0), [2, 2, 6, 6], [2, 2, 1, 1], 3),
+        ];
+        for (i, (p, xd, wd, pool)) in cases.into_iter().enumerate() {
+            let ep = Epilogue { relu: true, pool };
+            check_finite_diff(
+                &|x, w| conv2d_block(x, w, None, &p, ep),
+                &xd,
+                &wd,
+                40 + i as u64,
+            )?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_a_pool_larger_than_the_output() -> Result<()> {
+        let x = rand(&[1, 2, 4, 4], 1, DType::F32)?;
+        let w = rand(&[3, 2, 3, 3], 2, DType::F32)?;
+        let ep = Epilogue {
+            relu: true,
+            pool: 5,
+        };
+        let err = conv2d_block(&x, &w, None, &Conv2dParams::new(1, 1), ep).unwrap_err();
+        assert!(err.to_string().contains("pool window 5"), "{err}");
+        Ok(())
+    }
+
     /// `cargo test --release -p tinykd --lib conv2d::tests::bench -- --ignored --nocapture`
     #[test]
     #[ignore]
@@ -287,18 +460,20 @@ mod tests {
                 i > 0,
                 fl,
             )?;
-            // Each op alone, and the bare GEMMs of one pass on one thread.
+            // The op's two passes alone, and the bare GEMMs of one pass on one thread.
             let (x, w) = (rand(&xd, 1, DType::F32)?, rand(&wd, 2, DType::F32)?);
-            let gy = rand(&[128, oc, g.oh, g.ow], 3, DType::F32)?;
+            let (xv, wv) = (
+                x.flatten_all()?.to_vec1::<f32>()?,
+                w.flatten_all()?.to_vec1::<f32>()?,
+            );
+            let (yv, _) = forward(&xv, &wv, None, 128, &g, oc, Epilogue::NONE);
             let f = median_ms(10, || {
-                x.apply_op2_no_bwd(&w, &KernelOp(ConvOp { g, oc }))
-                    .map(drop)
+                forward(&xv, &wv, None, 128, &g, oc, Epilogue::NONE);
+                Ok(())
             })?;
-            let gx = median_ms(10, || {
-                gy.apply_op2_no_bwd(&w, &GradInput { g, oc }).map(drop)
-            })?;
-            let gw = median_ms(10, || {
-                x.apply_op2_no_bwd(&gy, &GradWeight { g, oc }).map(drop)
+            let both = median_ms(10, || {
+                backward(&xv, &wv, &yv, &yv, &[], 128, &g, oc, Epilogue::NONE, i > 0);
+                Ok(())
             })?;
             let (k, span) = (g.k(), Phases::new(g).span());
             let (a, b, mut c) = (
@@ -323,10 +498,11 @@ mod tests {
                 Ok(())
             })?;
             let gf = |ms: f64| fl / ms / 1e6;
+            let passes = if i > 0 { 2.0 } else { 1.0 };
             println!(
-                "  ops: fwd {f:.2} ms ({:.0} GFLOP/s), grad-input {gx:.2} ms ({:.0}), grad-weight {gw:.2} ms ({:.0}); \
+                "  kernels: fwd {f:.2} ms ({:.0} GFLOP/s), bwd {both:.2} ms ({:.0}); \
                  one pass of bare GEMMs on 1 core {gemm:.2} ms ({:.0} GFLOP/s incl. padded columns)",
-                gf(f), gf(gx), gf(gw), 2.0 * (128 * oc * k * span) as f64 / gemm / 1e6
+                gf(f), passes * gf(both), 2.0 * (128 * oc * k * span) as f64 / gemm / 1e6
             );
         }
         Ok(())

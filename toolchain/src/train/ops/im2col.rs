@@ -299,10 +299,35 @@ fn inner_par(items: usize, flops: usize) -> Parallelism {
     }
 }
 
+/// What follows the GEMM of a conv, fused into it so that the full-size
+/// conv output never leaves the worker's cache: ReLU, then max pooling over
+/// `pool`×`pool` windows with stride `pool` (1 = no pooling).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Epilogue {
+    /// Clamp at zero (applied after pooling: max and ReLU commute).
+    pub relu: bool,
+    /// Pooling window and stride; 1 keeps every pixel.
+    pub pool: usize,
+}
+
+impl Epilogue {
+    /// A plain convolution.
+    pub const NONE: Self = Self {
+        relu: false,
+        pool: 1,
+    };
+
+    /// Output size of the pooled planes for conv outputs of `oh×ow`.
+    pub fn out_hw(&self, oh: usize, ow: usize) -> (usize, usize) {
+        (oh / self.pool, ow / self.pool)
+    }
+}
+
 /// One worker's buffers, sized for one image so they stay in L2.
 struct Scratch<T> {
     plane: Vec<T>,
     col: Vec<T>,
+    /// The conv output (or its gradient) `[oc, oh·wq]` in widened rows.
     wide: Vec<T>,
 }
 
@@ -313,77 +338,120 @@ impl<T: Elem> Scratch<T> {
         Self {
             plane: vec![T::ZERO; if skip { 0 } else { p.buf_len() }],
             col: vec![T::ZERO; if skip { 0 } else { k * span }],
-            wide: vec![T::ZERO; if p.wq == p.g.ow { 0 } else { oc * span }],
+            wide: vec![T::ZERO; oc * span],
         }
-    }
-
-    /// The im2col matrix `[c·kh·kw, oh·wq]` of image `x` (or `x` itself).
-    fn col<'a>(&'a mut self, p: &Phases, x: &'a [T]) -> &'a [T] {
-        let (g, span) = (&p.g, p.span());
-        if g.col_is_input() {
-            return x;
-        }
-        let mut rows = self.col.chunks_exact_mut(span);
-        for xc in x.chunks_exact(g.h * g.w) {
-            p.scatter(xc, &mut self.plane);
-            for ki in 0..g.kh {
-                for kj in 0..g.kw {
-                    let s = p.tap(ki, kj);
-                    rows.next()
-                        .expect("col row")
-                        .copy_from_slice(&self.plane[s..s + span]);
-                }
-            }
-        }
-        &self.col
-    }
-
-    /// `gy` `[oc, oh·ow]` with rows widened to `wq` (or `gy` itself).
-    fn wide_gy<'a>(&'a mut self, p: &Phases, gy: &'a [T]) -> &'a [T] {
-        if p.wq == p.g.ow {
-            return gy;
-        }
-        let (n, span) = (p.g.n(), p.span());
-        for (d, s) in self.wide.chunks_exact_mut(span).zip(gy.chunks_exact(n)) {
-            p.widen(s, d);
-        }
-        &self.wide
     }
 }
 
-/// Forward: `y[b] = W · im2col(x[b]) (+ bias)`.
-pub fn forward<T: Elem>(
+/// The im2col matrix `[c·kh·kw, oh·wq]` of image `x` (or `x` itself when
+/// the conv is 1×1 with unit stride and no padding, where `wq = ow`).
+fn im2col<'a, T: Elem>(p: &Phases, x: &'a [T], plane: &mut [T], col: &'a mut [T]) -> &'a [T] {
+    let (g, span) = (&p.g, p.span());
+    if g.col_is_input() {
+        return x;
+    }
+    let mut rows = col.chunks_exact_mut(span);
+    for xc in x.chunks_exact(g.h * g.w) {
+        p.scatter(xc, plane);
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let s = p.tap(ki, kj);
+                rows.next()
+                    .expect("col row")
+                    .copy_from_slice(&plane[s..s + span]);
+            }
+        }
+    }
+    col
+}
+
+/// Pools (and clamps) one widened conv output plane (rows of `wq`) into
+/// `y` (`pw` columns), writing each window's winner (`dy·k + dx`) to `idx`
+/// when pooling. Selects rather than branches: on real data the
+/// comparisons are random.
+#[inline(always)]
+fn pool_plane<T: Elem + PartialOrd>(
+    src: &[T],
+    (wq, k, pw): (usize, usize, usize),
+    relu: bool,
+    y: &mut [T],
+    idx: &mut [u8],
+) {
+    for (py, yr) in y.chunks_exact_mut(pw).enumerate() {
+        let rows = &src[py * k * wq..];
+        for (px, yv) in yr.iter_mut().enumerate() {
+            let (mut best, mut bi) = (rows[px * k], 0u8);
+            for dy in 0..k {
+                let cell = &rows[dy * wq + px * k..][..k];
+                for (dx, &v) in cell.iter().enumerate() {
+                    let gt = v > best;
+                    best = if gt { v } else { best };
+                    bi = if gt { (dy * k + dx) as u8 } else { bi };
+                }
+            }
+            // Written so that a NaN maximum stays NaN (ReLU of NaN).
+            *yv = if relu && best <= T::ZERO {
+                T::ZERO
+            } else {
+                best
+            };
+            if k > 1 {
+                idx[py * pw + px] = bi;
+            }
+        }
+    }
+}
+
+/// Runs `f(k)` with `k` a literal for the common windows, so the kernels specialise.
+#[inline(always)]
+fn with_pool<R>(k: usize, f: impl FnOnce(usize) -> R) -> R {
+    match k {
+        1 => f(1),
+        2 => f(2),
+        _ => f(k),
+    }
+}
+
+/// Forward: `y[b] = epilogue(W · im2col(x[b]) + bias)`, `y` `[b, oc, ph, pw]`.
+/// Returns `y` and, when pooling, each window's winner (one byte per output).
+#[allow(clippy::too_many_arguments)]
+pub fn forward<T: Elem + PartialOrd>(
     x: &[T],
     w: &[T],
     bias: Option<&[T]>,
     b: usize,
     g: &Geom,
     oc: usize,
-) -> Vec<T> {
+    ep: Epilogue,
+) -> (Vec<T>, Vec<u8>) {
     let p = Phases::new(*g);
-    let (k, n, span, chw) = (g.k(), g.n(), p.span(), g.c * g.h * g.w);
-    let mut y = vec![T::ZERO; b * oc * n];
-    let flops = 2 * b * oc * k * n;
+    let (k, span, chw) = (g.k(), p.span(), g.c * g.h * g.w);
+    let (ph, pw) = ep.out_hw(g.oh, g.ow);
+    let out = oc * ph * pw;
+    let mut y = vec![T::ZERO; b * out];
+    let mut idx = vec![0u8; if ep.pool > 1 { b * out } else { 0 }];
+    let flops = 2 * b * oc * k * g.n();
     let (threads, par) = (threads_for(b, flops), inner_par(b, flops));
-    split(&mut y, oc * n, b, threads, |range, ys| {
+    // Pair each image's output with its winner bytes and split the pairs.
+    let mut pairs: Vec<(&mut [T], &mut [u8])> = if ep.pool > 1 {
+        y.chunks_exact_mut(out)
+            .zip(idx.chunks_exact_mut(out))
+            .collect()
+    } else {
+        y.chunks_exact_mut(out).map(|y| (y, &mut [][..])).collect()
+    };
+    split(&mut pairs, 1, b, threads, |range, images| {
         let mut sc = Scratch::new(&p, oc);
-        let mut wide = std::mem::take(&mut sc.wide);
-        for (yi, bi) in ys.chunks_exact_mut(oc * n).zip(range) {
-            let cols = sc.col(&p, &x[bi * chw..(bi + 1) * chw]);
-            // Narrow outputs go straight into y; wide ones through `wide`.
-            let dst = if wide.is_empty() {
-                &mut yi[..]
-            } else {
-                &mut wide[..]
-            };
+        for ((yi, ii), bi) in images.iter_mut().zip(range) {
+            let cols = im2col(&p, &x[bi * chw..(bi + 1) * chw], &mut sc.plane, &mut sc.col);
             if let Some(bias) = bias {
-                for (row, &bv) in dst.chunks_exact_mut(span).zip(bias) {
+                for (row, &bv) in sc.wide.chunks_exact_mut(span).zip(bias) {
                     row.fill(bv);
                 }
             }
             matmul(
                 (oc, span, k),
-                dst,
+                &mut sc.wide,
                 (span, 1),
                 bias.is_some(),
                 w,
@@ -392,95 +460,153 @@ pub fn forward<T: Elem>(
                 (span, 1),
                 par,
             );
-            if !wide.is_empty() {
-                for (d, s) in yi.chunks_exact_mut(n).zip(wide.chunks_exact(span)) {
-                    p.narrow(s, d);
+            with_pool(ep.pool, |kp| {
+                for c in 0..oc {
+                    let plane = c * ph * pw..(c + 1) * ph * pw;
+                    let ic = if kp > 1 {
+                        &mut ii[plane.clone()]
+                    } else {
+                        &mut [][..]
+                    };
+                    pool_plane(
+                        &sc.wide[c * span..(c + 1) * span],
+                        (p.wq, kp, pw),
+                        ep.relu,
+                        &mut yi[plane],
+                        ic,
+                    );
                 }
-            }
+            });
         }
     });
-    y
+    (y, idx)
 }
 
-/// Input gradient: `gx[b] = col2im(Wᵀ · gy[b])`.
-pub fn grad_input<T: Elem>(gy: &[T], w: &[T], b: usize, g: &Geom, oc: usize) -> Vec<T> {
+/// Gradients of [`forward`] from `gy` `[b, oc, ph, pw]`, the forward's
+/// output `y` (for the ReLU mask) and winners `idx`, in one pass over the
+/// images: `(gx, gw, gbias)`, `gx` only when `need_gx`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward<T: Elem + PartialOrd>(
+    x: &[T],
+    w: &[T],
+    gy: &[T],
+    y: &[T],
+    idx: &[u8],
+    b: usize,
+    g: &Geom,
+    oc: usize,
+    ep: Epilogue,
+    need_gx: bool,
+) -> (Option<Vec<T>>, Vec<T>, Vec<T>) {
     let p = Phases::new(*g);
-    let (k, n, span, hw) = (g.k(), g.n(), p.span(), g.h * g.w);
-    let mut gx = vec![T::ZERO; b * g.c * hw];
-    let flops = 2 * b * oc * k * n;
+    let (k, span, chw, hw) = (g.k(), p.span(), g.c * g.h * g.w, g.h * g.w);
+    let (ph, pw) = ep.out_hw(g.oh, g.ow);
+    let out = oc * ph * pw;
+    let flops = 2 * b * oc * k * g.n() * if need_gx { 2 } else { 1 };
     let (threads, par) = (threads_for(b, flops), inner_par(b, flops));
-    split(&mut gx, g.c * hw, b, threads, |range, gxs| {
+    let mut gx = vec![T::ZERO; if need_gx { b * chw } else { 0 }];
+    let item = if need_gx { chw } else { 0 };
+    let parts = split(&mut gx, item, b, threads, |range, gxs| {
         let mut sc = Scratch::new(&p, oc);
-        let (mut col, mut plane) = (std::mem::take(&mut sc.col), std::mem::take(&mut sc.plane));
-        for (gxi, bi) in gxs.chunks_exact_mut(g.c * hw).zip(range) {
-            let gyw = sc.wide_gy(&p, &gy[bi * oc * n..(bi + 1) * oc * n]);
-            if g.col_is_input() {
-                matmul((k, n, oc), gxi, (n, 1), false, w, (1, k), gyw, (n, 1), par);
-                continue;
-            }
-            matmul(
-                (k, span, oc),
-                &mut col,
-                (span, 1),
-                false,
-                w,
-                (1, k),
-                gyw,
-                (span, 1),
-                par,
-            );
-            // col2im: each row adds onto its tap's span of the channel's phase planes.
-            let mut rows = col.chunks_exact(span);
-            for gxc in gxi.chunks_exact_mut(hw) {
-                plane.fill(T::ZERO);
-                for ki in 0..g.kh {
-                    for kj in 0..g.kw {
-                        let s = p.tap(ki, kj);
-                        let row = rows.next().expect("col row");
-                        plane[s..s + span]
-                            .iter_mut()
-                            .zip(row)
-                            .for_each(|(d, v)| *d += *v);
+        let col2im = need_gx && !g.col_is_input();
+        let mut gx_col = vec![T::ZERO; if col2im { k * span } else { 0 }];
+        // Not `sc.plane`: im2col relies on its padding slots staying zero.
+        let mut gx_plane = vec![T::ZERO; if col2im { p.buf_len() } else { 0 }];
+        let (mut gw, mut gb) = (vec![T::ZERO; oc * k], vec![T::ZERO; oc]);
+        for (i, bi) in range.enumerate() {
+            // The conv output's gradient, widened: each pooled gradient goes
+            // to its window's winner, if the ReLU let it through.
+            sc.wide.fill(T::ZERO);
+            let (gyi, yi) = (&gy[bi * out..][..out], &y[bi * out..][..out]);
+            with_pool(ep.pool, |kp| {
+                for (c, gbc) in gb.iter_mut().enumerate() {
+                    let dst = &mut sc.wide[c * span..(c + 1) * span];
+                    let mut sum = T::ZERO;
+                    for py in 0..ph {
+                        for px in 0..pw {
+                            let o = (c * ph + py) * pw + px;
+                            if ep.relu && yi[o] <= T::ZERO {
+                                continue;
+                            }
+                            let win = if kp > 1 {
+                                idx[bi * out + o] as usize
+                            } else {
+                                0
+                            };
+                            let (dy, dx) = (win / kp, win % kp);
+                            dst[(py * kp + dy) * p.wq + px * kp + dx] = gyi[o];
+                            sum += gyi[o];
+                        }
                     }
+                    *gbc += sum;
                 }
-                p.gather(&plane, gxc);
-            }
-        }
-    });
-    gx
-}
-
-/// Weight gradient: `gw = Σ_b gy[b] · im2col(x[b])ᵀ`, one partial sum per thread.
-pub fn grad_weight<T: Elem>(x: &[T], gy: &[T], b: usize, g: &Geom, oc: usize) -> Vec<T> {
-    let p = Phases::new(*g);
-    let (k, n, span, chw) = (g.k(), g.n(), p.span(), g.c * g.h * g.w);
-    let flops = 2 * b * oc * k * n;
-    let (threads, par) = (threads_for(b, flops), inner_par(b, flops));
-    let parts = split(&mut [], 0, b, threads, |range, _: &mut [T]| {
-        let mut gw = vec![T::ZERO; oc * k];
-        let mut sc = Scratch::new(&p, oc);
-        let mut sc2 = Scratch {
-            plane: vec![],
-            col: vec![],
-            wide: std::mem::take(&mut sc.wide),
-        };
-        for bi in range {
-            let cols = sc.col(&p, &x[bi * chw..(bi + 1) * chw]);
-            let gyw = sc2.wide_gy(&p, &gy[bi * oc * n..(bi + 1) * oc * n]);
-            // Dropped columns of gyw are zero, so their im2col values add nothing.
+            });
+            let cols = im2col(&p, &x[bi * chw..(bi + 1) * chw], &mut sc.plane, &mut sc.col);
+            // Dropped columns of the widened gradient are zero, so their
+            // im2col values add nothing.
             matmul(
                 (oc, k, span),
                 &mut gw,
                 (k, 1),
                 true,
-                gyw,
+                &sc.wide,
                 (span, 1),
                 cols,
                 (1, span),
                 par,
             );
+            if !need_gx {
+                continue;
+            }
+            let gxi = &mut gxs[i * chw..(i + 1) * chw];
+            if g.col_is_input() {
+                matmul(
+                    (k, span, oc),
+                    gxi,
+                    (span, 1),
+                    false,
+                    w,
+                    (1, k),
+                    &sc.wide,
+                    (span, 1),
+                    par,
+                );
+                continue;
+            }
+            matmul(
+                (k, span, oc),
+                &mut gx_col,
+                (span, 1),
+                false,
+                w,
+                (1, k),
+                &sc.wide,
+                (span, 1),
+                par,
+            );
+            // col2im: each row adds onto its tap's span of the channel's phase planes.
+            let mut rows = gx_col.chunks_exact(span);
+            for gxc in gxi.chunks_exact_mut(hw) {
+                gx_plane.fill(T::ZERO);
+                for ki in 0..g.kh {
+                    for kj in 0..g.kw {
+                        let s = p.tap(ki, kj);
+                        let row = rows.next().expect("col row");
+                        gx_plane[s..s + span]
+                            .iter_mut()
+                            .zip(row)
+                            .for_each(|(d, v)| *d += *v);
+                    }
+                }
+                p.gather(&gx_plane, gxc);
+            }
         }
-        gw
+        (gw, gb)
     });
-    sum_parts(parts, oc * k)
+    let (gws, gbs): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
+    (
+        need_gx.then_some(gx),
+        sum_parts(gws, oc * k),
+        sum_parts(gbs, oc),
+    )
 }

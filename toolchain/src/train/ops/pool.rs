@@ -93,6 +93,22 @@ pub fn max_pool2d(x: &Tensor, size: usize) -> Result<Tensor> {
     x.apply_op1(op)
 }
 
+/// Max pooling from candle's own ops (window = stride = `size`, floor): the
+/// reference the fast op is checked against. Not `Tensor::max_pool2d`,
+/// whose backward in candle 0.11.1 scales the gradient by 1/size².
+pub fn candle_max_pool2d(x: &Tensor, size: usize) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    if size == 0 || size > h || size > w {
+        bail!("max_pool2d: window {size} must fit in {h}x{w}");
+    }
+    let (oh, ow) = (h / size, w / size);
+    x.narrow(2, 0, oh * size)?
+        .narrow(3, 0, ow * size)?
+        .reshape((b, c, oh, size, ow, size))?
+        .max(5)?
+        .max(3)
+}
+
 /// The max-pool op; `argmax` holds each window's winner (`dy·k + dx`) once
 /// the forward pass has run with `record` set.
 struct MaxPool {
@@ -414,6 +430,14 @@ mod tests {
                 &dims,
                 10 * i as u64,
                 CANDLE_MAX_POOL_GRAD(k),
+            )?;
+            // Pooling by reshape + max is the reference with the true gradient.
+            check(
+                &|x| max_pool2d(x, k),
+                &|x| candle_max_pool2d(x, k),
+                &dims,
+                10 * i as u64 + 7,
+                1.0,
             )?;
             if dims[2] % k == 0 && dims[3] % k == 0 {
                 // Where the window tiles the plane, candle's own op is the reference.

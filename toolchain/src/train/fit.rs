@@ -1,0 +1,672 @@
+//! The training loop: a network from a spec, seeded initialisation, an
+//! objective, the fused optimizer with a learning-rate schedule, epochs over
+//! prefetched batches, evaluation, and checkpoints that resume bit for bit.
+//! `tinykd train` runs it with cross-entropy; distillation plugs in its own
+//! [`Objective`].
+
+use super::checkpoint::{self, Checkpoint, CheckpointError};
+use super::model::{Kernels, ModelError, ModelSpec, Network};
+use super::optim::{AdamW, AdamWConfig, OptimError, Sgd, SgdConfig};
+use crate::data::{Augment, Batch, BatchConfig, DataError, Dataset, Loader};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Errors of the training loop.
+#[derive(Debug, thiserror::Error)]
+pub enum FitError {
+    /// A tensor op failed.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// The model spec is invalid.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The optimizer rejected its config or state.
+    #[error(transparent)]
+    Optim(#[from] OptimError),
+    /// Reading or batching the data failed.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// A checkpoint could not be written or read.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// Settings that cannot work together.
+    #[error("invalid training config: {0}")]
+    Config(String),
+    /// The loss stopped being a number.
+    #[error("epoch {epoch}, batch {batch}: the loss is {loss} (lower the learning rate?)")]
+    Diverged {
+        /// 1-based epoch.
+        epoch: usize,
+        /// Batch within the epoch.
+        batch: usize,
+        /// The loss value.
+        loss: f32,
+    },
+}
+
+/// Which optimizer updates the parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// AdamW with decoupled weight decay.
+    Adamw,
+    /// SGD with (Nesterov) momentum and L2 weight decay.
+    Sgd,
+}
+
+/// How the learning rate evolves over the run.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Schedule {
+    /// The same rate throughout.
+    Constant,
+    /// Cosine decay from the base rate to 0 over all steps.
+    Cosine,
+    /// Multiplied by `gamma` every `every` epochs.
+    Step {
+        /// Epochs between decays.
+        every: usize,
+        /// Decay factor.
+        gamma: f64,
+    },
+}
+
+impl Schedule {
+    /// The rate at `step` of `total` steps, `steps_per_epoch` per epoch.
+    pub fn rate(&self, base: f64, step: usize, total: usize, steps_per_epoch: usize) -> f64 {
+        match *self {
+            Schedule::Constant => base,
+            Schedule::Cosine => {
+                let t = step as f64 / total.max(1) as f64;
+                base * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+            Schedule::Step { every, gamma } => {
+                let epoch = step / steps_per_epoch.max(1);
+                base * gamma.powi((epoch / every.max(1)) as i32)
+            }
+        }
+    }
+}
+
+/// Everything that determines a training run (with the spec and the data).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FitConfig {
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Images per step.
+    pub batch_size: usize,
+    /// The optimizer.
+    pub optimizer: OptimizerKind,
+    /// Base learning rate.
+    pub lr: f64,
+    /// Weight decay (decoupled for AdamW, L2 for SGD).
+    pub weight_decay: f64,
+    /// SGD momentum (ignored by AdamW).
+    pub momentum: f64,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// Seed of the initial weights, the shuffles and the augmentation.
+    pub seed: u64,
+    /// Augmentation of the training batches.
+    pub augment: Augment,
+    /// Layer kernels (tinykd's fast ops or candle's own).
+    pub kernels: Kernels,
+}
+
+impl Default for FitConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 10,
+            batch_size: 128,
+            optimizer: OptimizerKind::Adamw,
+            lr: 1e-3,
+            weight_decay: 0.0,
+            momentum: 0.9,
+            schedule: Schedule::Cosine,
+            seed: 0,
+            augment: Augment::default(),
+            kernels: Kernels::Fast,
+        }
+    }
+}
+
+/// What a training objective sees of one batch.
+pub trait Objective {
+    /// The scalar loss of `logits` `[N, classes]` for `batch`.
+    fn loss(&self, logits: &Tensor, batch: &Batch) -> candle_core::Result<Tensor>;
+}
+
+/// Cross-entropy with the batch's labels.
+pub struct CrossEntropy;
+
+impl Objective for CrossEntropy {
+    fn loss(&self, logits: &Tensor, batch: &Batch) -> candle_core::Result<Tensor> {
+        let labels = batch
+            .labels
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("cross-entropy needs labels".into()))?;
+        let y = Tensor::from_slice(labels, labels.len(), logits.device())?;
+        candle_nn::loss::cross_entropy(logits, &y)
+    }
+}
+
+/// Figures of one finished epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochStats {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    /// Learning rate at the epoch's last step.
+    pub lr: f64,
+    /// Mean training loss over the epoch's batches.
+    pub train_loss: f64,
+    /// Training accuracy (on the augmented batches, while training).
+    pub train_accuracy: f64,
+    /// Validation loss, when a validation set was given.
+    pub val_loss: Option<f64>,
+    /// Validation accuracy, when a validation set was given.
+    pub val_accuracy: Option<f64>,
+    /// Wall time of the training pass.
+    pub seconds: f64,
+    /// Training throughput.
+    pub images_per_second: f64,
+}
+
+/// Loss and accuracy of a model on a set of images.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Evaluation {
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Fraction of correct top-1 predictions.
+    pub accuracy: f64,
+    /// Correct predictions.
+    pub correct: usize,
+    /// Images evaluated.
+    pub total: usize,
+}
+
+/// Progress within an epoch, for progress bars.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    /// Batches done.
+    pub batch: usize,
+    /// Batches in the epoch.
+    pub batches: usize,
+    /// Mean loss so far.
+    pub loss: f64,
+    /// Accuracy so far.
+    pub accuracy: f64,
+}
+
+/// Either fused optimizer behind one interface.
+enum Optimizer {
+    AdamW(AdamW),
+    Sgd(Sgd),
+}
+
+impl Optimizer {
+    fn new(vars: Vec<Var>, cfg: &FitConfig) -> Result<Self, OptimError> {
+        Ok(match cfg.optimizer {
+            OptimizerKind::Adamw => Optimizer::AdamW(AdamW::new(
+                vars,
+                AdamWConfig {
+                    lr: cfg.lr,
+                    weight_decay: cfg.weight_decay,
+                    ..AdamWConfig::default()
+                },
+            )?),
+            OptimizerKind::Sgd => Optimizer::Sgd(Sgd::new(
+                vars,
+                SgdConfig {
+                    lr: cfg.lr,
+                    momentum: cfg.momentum,
+                    weight_decay: cfg.weight_decay,
+                    nesterov: cfg.momentum > 0.0,
+                    ..SgdConfig::default()
+                },
+            )?),
+        })
+    }
+
+    fn step(&mut self, grads: &candle_core::backprop::GradStore) -> Result<(), OptimError> {
+        match self {
+            Optimizer::AdamW(o) => o.step(grads),
+            Optimizer::Sgd(o) => o.step(grads),
+        }
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        match self {
+            Optimizer::AdamW(o) => o.set_learning_rate(lr),
+            Optimizer::Sgd(o) => o.set_learning_rate(lr),
+        }
+    }
+
+    fn state(&self) -> Vec<(String, Vec<f32>)> {
+        match self {
+            Optimizer::AdamW(o) => o.state(),
+            Optimizer::Sgd(o) => o.state(),
+        }
+    }
+
+    fn load_state(&mut self, state: &[(String, Vec<f32>)]) -> Result<(), OptimError> {
+        match self {
+            Optimizer::AdamW(o) => o.load_state(state),
+            Optimizer::Sgd(o) => o.load_state(state),
+        }
+    }
+}
+
+/// A model being trained, with its optimizer and history.
+pub struct Trainer {
+    spec: ModelSpec,
+    cfg: FitConfig,
+    varmap: VarMap,
+    net: Network,
+    opt: Optimizer,
+    history: Vec<EpochStats>,
+}
+
+impl Trainer {
+    /// A fresh model for `spec`, its weights drawn from `cfg.seed`.
+    pub fn new(spec: ModelSpec, cfg: FitConfig) -> Result<Self, FitError> {
+        if cfg.batch_size == 0 || cfg.epochs == 0 {
+            return Err(FitError::Config("epochs and batch size must be ≥ 1".into()));
+        }
+        if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
+            return Err(FitError::Config(format!(
+                "learning rate {} must be > 0",
+                cfg.lr
+            )));
+        }
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let net = Network::new(&spec, vb, cfg.kernels)?;
+        super::init::reinit(&varmap, cfg.seed)?;
+        let opt = Optimizer::new(sorted_vars(&varmap), &cfg)?;
+        Ok(Self {
+            spec,
+            cfg,
+            varmap,
+            net,
+            opt,
+            history: Vec::new(),
+        })
+    }
+
+    /// Continues the run saved in the checkpoint at `path`; `epochs`, if
+    /// given, replaces the total number of epochs (to extend a run).
+    pub fn resume(path: &Path, epochs: Option<usize>) -> Result<Self, FitError> {
+        let ck = checkpoint::load(path)?;
+        let mut cfg = ck.config.clone();
+        if let Some(e) = epochs {
+            cfg.epochs = e;
+        }
+        let mut t = Self::new(ck.spec.clone(), cfg)?;
+        checkpoint::restore_params(path, &t.varmap, &ck.params)?;
+        t.opt
+            .load_state(&ck.optimizer)
+            .map_err(|e| CheckpointError::Invalid {
+                path: path.into(),
+                reason: format!("optimizer state: {e}"),
+            })?;
+        t.history = ck.history;
+        Ok(t)
+    }
+
+    /// The model spec.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// The run's settings.
+    pub fn config(&self) -> &FitConfig {
+        &self.cfg
+    }
+
+    /// The finished epochs.
+    pub fn history(&self) -> &[EpochStats] {
+        &self.history
+    }
+
+    /// Epochs finished so far.
+    pub fn epochs_done(&self) -> usize {
+        self.history.len()
+    }
+
+    /// The network, for inference.
+    pub fn network(&self) -> &Network {
+        &self.net
+    }
+
+    /// The parameters by name, sorted.
+    pub fn parameters(&self) -> Vec<(String, Tensor)> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        let mut v: Vec<_> = data
+            .iter()
+            .map(|(k, var)| (k.clone(), var.as_tensor().clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Reshapes a batch's pixels to the spec's input shape.
+    fn input(&self, batch: &Batch) -> candle_core::Result<Tensor> {
+        let mut shape = vec![batch.len()];
+        shape.extend(&self.spec.input);
+        Tensor::from_slice(&batch.x, shape, &Device::Cpu)
+    }
+
+    /// Trains one epoch over `indices` of `data` and records it (without
+    /// validation figures; see [`Trainer::record_validation`]).
+    pub fn train_epoch(
+        &mut self,
+        data: &Arc<Dataset>,
+        indices: &[usize],
+        objective: &dyn Objective,
+        mut progress: impl FnMut(Progress),
+    ) -> Result<EpochStats, FitError> {
+        let epoch = self.history.len();
+        let batching = BatchConfig {
+            augment: self.cfg.augment,
+            ..BatchConfig::train(self.cfg.batch_size, self.cfg.seed)
+        };
+        let batches = Loader::default().epoch(data, indices, epoch as u64, &batching)?;
+        let per_epoch = batches.len();
+        let total = per_epoch * self.cfg.epochs;
+        let start = Instant::now();
+        let (mut loss_sum, mut correct, mut seen, mut lr) = (0f64, 0usize, 0usize, self.cfg.lr);
+        for (i, batch) in batches.enumerate() {
+            lr = self
+                .cfg
+                .schedule
+                .rate(self.cfg.lr, epoch * per_epoch + i, total, per_epoch);
+            self.opt.set_learning_rate(lr);
+            let logits = self.net.forward(&self.input(&batch)?)?;
+            let loss = objective.loss(&logits, &batch)?;
+            let value = loss.to_scalar::<f32>()?;
+            if !value.is_finite() {
+                return Err(FitError::Diverged {
+                    epoch: epoch + 1,
+                    batch: i,
+                    loss: value,
+                });
+            }
+            let grads = loss.backward()?;
+            self.opt.step(&grads)?;
+            loss_sum += value as f64 * batch.len() as f64;
+            seen += batch.len();
+            if let Some(labels) = &batch.labels {
+                correct += count_correct(&logits, labels)?;
+            }
+            progress(Progress {
+                batch: i + 1,
+                batches: per_epoch,
+                loss: loss_sum / seen as f64,
+                accuracy: correct as f64 / seen as f64,
+            });
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        let stats = EpochStats {
+            epoch: epoch + 1,
+            lr,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_accuracy: correct as f64 / seen.max(1) as f64,
+            val_loss: None,
+            val_accuracy: None,
+            seconds,
+            images_per_second: seen as f64 / seconds.max(1e-9),
+        };
+        self.history.push(stats.clone());
+        Ok(stats)
+    }
+
+    /// Adds validation figures to the last finished epoch.
+    pub fn record_validation(&mut self, eval: &Evaluation) {
+        if let Some(last) = self.history.last_mut() {
+            last.val_loss = Some(eval.loss);
+            last.val_accuracy = Some(eval.accuracy);
+        }
+    }
+
+    /// Cross-entropy and accuracy on `indices` of a labeled `data`.
+    pub fn evaluate(&self, data: &Arc<Dataset>, indices: &[usize]) -> Result<Evaluation, FitError> {
+        evaluate(&self.net, &self.spec, data, indices)
+    }
+
+    /// Writes the run's state (weights, optimizer, history, settings) to
+    /// `path`, atomically.
+    pub fn save_checkpoint(&self, path: &Path) -> Result<(), FitError> {
+        let ck = Checkpoint {
+            spec: self.spec.clone(),
+            config: self.cfg.clone(),
+            history: self.history.clone(),
+            params: Vec::new(),
+            optimizer: self.opt.state(),
+        };
+        checkpoint::save(path, &ck, &self.parameters())?;
+        Ok(())
+    }
+}
+
+/// Cross-entropy and accuracy of `net` on `indices` of a labeled `data`.
+pub fn evaluate(
+    net: &Network,
+    spec: &ModelSpec,
+    data: &Arc<Dataset>,
+    indices: &[usize],
+) -> Result<Evaluation, FitError> {
+    let (mut loss_sum, mut correct) = (0f64, 0usize);
+    for batch in Loader::default().epoch(data, indices, 0, &BatchConfig::eval(1000))? {
+        let mut shape = vec![batch.len()];
+        shape.extend(&spec.input);
+        let logits = net.forward(&Tensor::from_slice(&batch.x, shape, &Device::Cpu)?)?;
+        let loss = CrossEntropy.loss(&logits, &batch)?.to_scalar::<f32>()?;
+        loss_sum += loss as f64 * batch.len() as f64;
+        let labels = batch.labels.as_ref().expect("eval batches are labeled");
+        correct += count_correct(&logits, labels)?;
+    }
+    let total = indices.len();
+    Ok(Evaluation {
+        loss: loss_sum / total.max(1) as f64,
+        accuracy: correct as f64 / total.max(1) as f64,
+        correct,
+        total,
+    })
+}
+
+/// Top-1 hits of `logits` `[N, classes]` against `labels`.
+fn count_correct(logits: &Tensor, labels: &[u32]) -> candle_core::Result<usize> {
+    let predicted = logits.argmax(1)?.to_vec1::<u32>()?;
+    Ok(predicted.iter().zip(labels).filter(|(p, y)| p == y).count())
+}
+
+/// The vars of `varmap` in name order, so the optimizer's slots (and its
+/// checkpointed state) line up across runs; `VarMap` itself is a `HashMap`.
+fn sorted_vars(varmap: &VarMap) -> Vec<Var> {
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut named: Vec<_> = data.iter().collect();
+    named.sort_by(|a, b| a.0.cmp(b.0));
+    named.into_iter().map(|(_, v)| v.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::model::Layer;
+
+    /// 300 labeled 8×8 images whose class shows in their brightness, so a
+    /// model can learn them.
+    fn tiny_data() -> Arc<Dataset> {
+        let (n, mut s) = (300usize, 0x1234_5678u64);
+        let mut images = Vec::with_capacity(n * 64);
+        let mut labels = Vec::with_capacity(n);
+        for i in 0..n {
+            let class = (i % 3) as u8;
+            labels.push(class);
+            for _ in 0..64 {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                images.push((class as u64 * 90 + s % 60) as u8);
+            }
+        }
+        let names = ["a", "b", "c"].map(String::from).to_vec();
+        Arc::new(Dataset::new(images, labels, 8, 8, names).unwrap())
+    }
+
+    fn tiny_cnn() -> ModelSpec {
+        ModelSpec {
+            name: "tiny-cnn".into(),
+            input: vec![1, 8, 8],
+            layers: vec![
+                Layer::Conv {
+                    filters: 4,
+                    kernel: 3,
+                    stride: 1,
+                    padding: 1,
+                },
+                Layer::Relu,
+                Layer::MaxPool { size: 2 },
+                Layer::Flatten,
+                Layer::Dense { units: 3 },
+            ],
+        }
+    }
+
+    fn tiny_mlp() -> ModelSpec {
+        ModelSpec {
+            name: "tiny-mlp".into(),
+            input: vec![64],
+            layers: vec![
+                Layer::Dense { units: 16 },
+                Layer::Relu,
+                Layer::Dense { units: 3 },
+            ],
+        }
+    }
+
+    fn config(optimizer: OptimizerKind) -> FitConfig {
+        FitConfig {
+            epochs: 3,
+            batch_size: 32,
+            optimizer,
+            lr: 0.01,
+            seed: 5,
+            augment: Augment {
+                shift: 1,
+                ..Augment::default()
+            },
+            ..FitConfig::default()
+        }
+    }
+
+    fn bits(t: &Trainer) -> Vec<(String, Vec<u32>)> {
+        t.parameters()
+            .into_iter()
+            .map(|(k, v)| {
+                let v = v.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                (k, v.iter().map(|x| x.to_bits()).collect())
+            })
+            .collect()
+    }
+
+    fn temp(name: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("tinykd-fit-{}-{name}", std::process::id()))
+    }
+
+    #[test]
+    fn learns_and_resume_gives_bit_identical_weights() -> Result<(), FitError> {
+        let data = tiny_data();
+        let idx: Vec<usize> = (0..data.len()).collect();
+        for (spec, opt) in [
+            (tiny_cnn(), OptimizerKind::Adamw),
+            (tiny_mlp(), OptimizerKind::Sgd),
+        ] {
+            let mut whole = Trainer::new(spec.clone(), config(opt))?;
+            for _ in 0..3 {
+                whole.train_epoch(&data, &idx, &CrossEntropy, |_| {})?;
+            }
+            let eval = whole.evaluate(&data, &idx)?;
+            assert!(
+                eval.accuracy > 0.6,
+                "{}: accuracy {}",
+                spec.name,
+                eval.accuracy
+            );
+
+            let path = temp(&format!("{}.ckpt", spec.name));
+            let mut first = Trainer::new(spec.clone(), config(opt))?;
+            first.train_epoch(&data, &idx, &CrossEntropy, |_| {})?;
+            first.save_checkpoint(&path)?;
+            drop(first);
+            let mut resumed = Trainer::resume(&path, None)?;
+            assert_eq!(resumed.epochs_done(), 1);
+            while resumed.epochs_done() < 3 {
+                resumed.train_epoch(&data, &idx, &CrossEntropy, |_| {})?;
+            }
+            std::fs::remove_file(&path).ok();
+            assert!(
+                bits(&whole) == bits(&resumed),
+                "{}: resumed weights differ",
+                spec.name
+            );
+            assert_eq!(whole.history().len(), resumed.history().len());
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn same_seed_same_run_other_seed_other_run() -> Result<(), FitError> {
+        let data = tiny_data();
+        let idx: Vec<usize> = (0..data.len()).collect();
+        let run = |seed| -> Result<_, FitError> {
+            let mut t = Trainer::new(
+                tiny_mlp(),
+                FitConfig {
+                    seed,
+                    ..config(OptimizerKind::Adamw)
+                },
+            )?;
+            t.train_epoch(&data, &idx, &CrossEntropy, |_| {})?;
+            Ok(bits(&t))
+        };
+        assert!(run(1)? == run(1)?);
+        assert!(run(1)? != run(2)?);
+        Ok(())
+    }
+
+    #[test]
+    fn damaged_checkpoint_is_a_clear_error() {
+        let path = temp("damaged.ckpt");
+        std::fs::write(&path, b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":").unwrap();
+        let err = Trainer::resume(&path, None).err().expect("must fail");
+        std::fs::remove_file(&path).ok();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("damaged.ckpt") && msg.contains("invalid checkpoint"),
+            "{msg}"
+        );
+        let missing = Trainer::resume(&temp("missing.ckpt"), None)
+            .err()
+            .expect("must fail");
+        assert!(missing.to_string().contains("missing.ckpt"), "{missing}");
+    }
+
+    #[test]
+    fn schedules() {
+        assert_eq!(Schedule::Constant.rate(0.1, 50, 100, 10), 0.1);
+        assert!((Schedule::Cosine.rate(0.1, 50, 100, 10) - 0.05).abs() < 1e-12);
+        assert!(Schedule::Cosine.rate(0.1, 100, 100, 10).abs() < 1e-12);
+        let step = Schedule::Step {
+            every: 2,
+            gamma: 0.5,
+        };
+        assert_eq!(step.rate(0.1, 39, 100, 10), 0.05);
+        assert_eq!(step.rate(0.1, 40, 100, 10), 0.025);
+    }
+}
