@@ -9,7 +9,7 @@ CONFORMANCE_DIR := $(BUILD)/onnx-node-tests
 CROSSCHECK_DIR  := $(BUILD)/crosscheck
 DEMO_MODEL      := models/demo/fashion_mlp.onnx
 
-.PHONY: setup build test demo conformance run-conformance crosscheck-data fmt-check no-std firmware ops-doc size bench-train bench-peers clean
+.PHONY: setup build test demo conformance run-conformance crosscheck-data fmt-check no-std firmware ops-doc size bench-train bench-peers train-parity clean
 
 setup:
 	@bash scripts/setup.sh
@@ -69,6 +69,10 @@ bench-peers:
 # Training throughput, side by side with TensorFlow when bench-peers ran.
 bench-train: build
 	$(TINYKD) bench-train --write-doc docs/results.md
+
+# Same seed, fast ops vs candle's: full Fashion-MNIST runs (~15 min on 2 cores).
+train-parity: build
+	python3 scripts/train_parity.py --tinykd $(TINYKD) --out $(BUILD)/parity
 
 clean:
 	$(CARGO) clean

@@ -165,13 +165,15 @@ impl Report {
     }
 }
 
+/// The value of the model's metadata prop `key`, if the file has one.
+pub fn metadata(bytes: &[u8], key: &str) -> Option<String> {
+    let model = tinykd_runtime::proto::onnx::ModelView::parse(bytes).ok()?;
+    let value = model.metadata_props().flatten().find(|(k, _)| *k == key)?.1;
+    Some(value.to_string())
+}
+
 /// Class names from the model's `labels` metadata (comma-separated), if any.
 pub fn class_labels(bytes: &[u8]) -> Option<Vec<String>> {
-    let model = tinykd_runtime::proto::onnx::ModelView::parse(bytes).ok()?;
-    let labels = model
-        .metadata_props()
-        .flatten()
-        .find(|(k, _)| *k == "labels")?
-        .1;
+    let labels = metadata(bytes, "labels")?;
     Some(labels.split(',').map(|l| l.trim().to_string()).collect())
 }

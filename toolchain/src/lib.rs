@@ -7,7 +7,11 @@
 
 pub mod conformance;
 pub mod data;
+pub mod distill;
 pub mod engine;
+pub mod eval;
+pub mod export;
 pub mod inspect;
+pub mod teacher;
 pub mod tensor_file;
 pub mod train;

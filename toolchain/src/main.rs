@@ -3,14 +3,15 @@
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use tinykd::conformance;
-use tinykd::data::{Augment, Dataset, Split};
 use tinykd::engine::{run_tinykd, run_tract, EngineKind};
 use tinykd::inspect::Report;
 use tinykd::tensor_file::{write_atomically, HostTensor};
-use tinykd::train::fit::{CrossEntropy, FitConfig, OptimizerKind, Schedule, Trainer};
-use tinykd::train::model::{Kernels, ModelSpec};
+use tinykd::train::model::ModelSpec;
+
+mod commands;
+use commands::evaluate::{eval, EvalArgs};
+use commands::training::{distill, train, DistillArgs, TrainArgs};
 
 #[derive(Parser)]
 #[command(
@@ -62,6 +63,17 @@ enum Command {
         after_help = "Examples:\n  tinykd train --arch cnn --epochs 12 --shift 2 --out build/cnn.safetensors\n  tinykd train --arch models/students/mlp.toml --epochs 30 --out s.safetensors --json\n  tinykd train --arch cnn --epochs 12 --out build/cnn.safetensors --resume   # after a kill\n\nThe checkpoint is written after every epoch to OUT.ckpt (weights, optimizer state, history);\n--resume continues it and ends with the same weights as an uninterrupted run.\nThe validation images are carved from the training set; test accuracy is reported at the end."
     )]
     Train(TrainArgs),
+    /// Distill one or more ONNX teachers into a student from a spec.
+    #[command(
+        after_help = "Examples:\n  tinykd distill --teacher models/teachers/cnn.onnx --student models/students/mlp-40.toml --recipe models/recipes/kd.toml --out build/student.onnx\n  tinykd distill --teacher a.onnx --teacher b.onnx --teacher-weights 2,1 --student s.toml --method hinton --temperature 4 --alpha 0.9 --epochs 30 --out s.onnx --json\n  tinykd distill ... --resume   # continue a killed run from OUT.ckpt\n\nTeacher logits over the training images are computed once and cached in build/teacher-cache/\n(keyed by the teacher's and the data's sha256) unless the recipe sets teacher_view = \"live\"."
+    )]
+    Distill(DistillArgs),
+    /// Accuracy, per-class accuracy, confusion matrix and latency of an ONNX
+    /// classifier on Fashion-MNIST, run by the tinykd runtime (or tract).
+    #[command(
+        after_help = "Examples:\n  tinykd eval build/student.onnx\n  tinykd eval models/teachers/cnn.onnx --engine tract --json\n  tinykd eval model.onnx --limit 1000 --batch 50"
+    )]
+    Eval(EvalArgs),
     /// Run the ONNX node test cases in DIR and report passed/failed/unsupported.
     #[command(
         after_help = "Examples:\n  tinykd conformance build/onnx-node-tests --json\n  tinykd conformance build/onnx-node-tests --ops-doc docs/ops.md\n\nExits non-zero if any supported case fails."
@@ -82,10 +94,10 @@ enum Command {
     /// Measure training speed (images/s, forward/backward/optimizer) on 2 CPU cores.
     #[command(
         name = "bench-train",
-        after_help = "Examples:\n  tinykd bench-train\n  tinykd bench-train --models mlp --steps 50 --json\n  tinykd bench-train --write-doc docs/results.md   # also runs TensorFlow if .venv-peers exists (make bench-peers)"
+        after_help = "Examples:\n  tinykd bench-train\n  tinykd bench-train --models mlp --steps 50 --json\n  tinykd bench-train --models models/teachers/cnn.toml,models/students/ds-cnn.toml --kernels fast --optimizer fused\n  tinykd bench-train --write-doc docs/results.md   # also runs TensorFlow if .venv-peers exists (make bench-peers)"
     )]
     BenchTrain {
-        /// Which benchmark models (comma-separated): mlp, cnn, ds.
+        /// Which models (comma-separated): the built-in mlp, cnn, ds, or spec files (.toml).
         #[arg(long, default_value = "mlp,cnn,ds", value_delimiter = ',')]
         models: Vec<String>,
         /// Timed steps per model (after 2 warm-up steps).
@@ -256,12 +268,19 @@ fn bench_train(
     json: bool,
 ) -> Result<()> {
     use tinykd::train::bench;
-    let all = bench::benchmark_models();
-    let mut results = Vec::new();
+    let mut specs = Vec::new();
     for key in keys {
-        let (_, spec) = all.iter().find(|(k, _)| k == key).with_context(|| {
-            format!("unknown benchmark model '{key}' (choose from mlp, cnn, ds)")
-        })?;
+        specs.push(match ModelSpec::builtin(key) {
+            Some(spec) => (key.clone(), spec),
+            None if key.ends_with(".toml") => {
+                let spec = ModelSpec::from_toml_file(Path::new(key))?;
+                (spec.name.clone(), spec)
+            }
+            None => bail!("unknown benchmark model '{key}' (mlp, cnn, ds or a spec .toml)"),
+        });
+    }
+    let mut results = Vec::new();
+    for (key, spec) in &specs {
         for &kernel in kernels {
             for &optimizer in optimizers {
                 eprintln!("bench-train: {} ({steps} steps of {batch}, kernels {kernel:?}, optimizer {optimizer:?})...", spec.name);
@@ -274,11 +293,10 @@ fn bench_train(
     }
     let tf = if peer_python.exists() {
         eprintln!("bench-train: TensorFlow-CPU on the same shapes...");
-        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         bench::tensorflow_peer(
             peer_python,
             Path::new("scripts/bench_train_tf.py"),
-            &keys,
+            &specs,
             steps,
             batch,
         )
@@ -337,200 +355,13 @@ fn keep_freed_memory() {
     }
 }
 
-/// Options of `tinykd train`.
-#[derive(clap::Args)]
-struct TrainArgs {
-    /// A spec file (TOML) or a built-in spec: mlp, cnn, ds.
-    #[arg(long)]
-    arch: String,
-    /// Where to write the trained weights (safetensors).
-    #[arg(long)]
-    out: PathBuf,
-    /// Passes over the training set.
-    #[arg(long, default_value_t = 10)]
-    epochs: usize,
-    /// Images per step.
-    #[arg(long, default_value_t = 128)]
-    batch: usize,
-    /// Optimizer.
-    #[arg(long, value_enum, default_value = "adamw")]
-    optimizer: OptimizerKind,
-    /// Base learning rate.
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
-    /// Weight decay (decoupled for AdamW, L2 for SGD).
-    #[arg(long, default_value_t = 0.0)]
-    weight_decay: f64,
-    /// SGD momentum (Nesterov).
-    #[arg(long, default_value_t = 0.9)]
-    momentum: f64,
-    /// Learning-rate schedule: constant, cosine, or step:EVERY:GAMMA.
-    #[arg(long, default_value = "cosine")]
-    schedule: String,
-    /// Seed of the initial weights, shuffling and augmentation.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Random shifts of up to ± this many pixels.
-    #[arg(long, default_value_t = 0)]
-    shift: u32,
-    /// Horizontal-flip probability.
-    #[arg(long, default_value_t = 0.0)]
-    hflip: f32,
-    /// Layer kernels.
-    #[arg(long, value_enum, default_value = "fast")]
-    kernels: Kernels,
-    /// Training images held out for validation.
-    #[arg(long, default_value_t = 5000)]
-    val: usize,
-    /// Train on only this many of the remaining training images (quick runs).
-    #[arg(long)]
-    limit: Option<usize>,
-    /// Fashion-MNIST folder.
-    #[arg(long, default_value = tinykd::data::DEFAULT_DIR)]
-    data_dir: PathBuf,
-    /// Continue from OUT.ckpt (up to --epochs).
-    #[arg(long)]
-    resume: bool,
-    /// Print a JSON summary instead of text.
-    #[arg(long)]
-    json: bool,
-}
-
-fn parse_schedule(s: &str) -> Result<Schedule> {
-    Ok(match s.split(':').collect::<Vec<_>>().as_slice() {
-        ["constant"] => Schedule::Constant,
-        ["cosine"] => Schedule::Cosine,
-        ["step", every, gamma] => Schedule::Step {
-            every: every.parse().context("step schedule: EVERY")?,
-            gamma: gamma.parse().context("step schedule: GAMMA")?,
-        },
-        _ => bail!("--schedule {s}: expected constant, cosine or step:EVERY:GAMMA"),
-    })
-}
-
-/// `OUT.ckpt` next to the output file.
-fn checkpoint_path(out: &Path) -> PathBuf {
-    let mut p = out.as_os_str().to_owned();
-    p.push(".ckpt");
-    PathBuf::from(p)
-}
-
-fn train(a: &TrainArgs) -> Result<()> {
-    let ckpt = checkpoint_path(&a.out);
-    let mut trainer = if a.resume {
-        Trainer::resume(&ckpt, Some(a.epochs))?
-    } else {
-        let spec = match ModelSpec::builtin(&a.arch) {
-            Some(spec) => spec,
-            None => ModelSpec::from_toml_file(Path::new(&a.arch))?,
-        };
-        let cfg = FitConfig {
-            epochs: a.epochs,
-            batch_size: a.batch,
-            optimizer: a.optimizer,
-            lr: a.lr,
-            weight_decay: a.weight_decay,
-            momentum: a.momentum,
-            schedule: parse_schedule(&a.schedule)?,
-            seed: a.seed,
-            augment: Augment {
-                shift: a.shift,
-                hflip: a.hflip,
-                ..Augment::default()
-            },
-            kernels: a.kernels,
-        };
-        Trainer::new(spec, cfg)?
-    };
-    let train_set = Arc::new(Dataset::load(&a.data_dir, Split::Train)?);
-    let test_set = Arc::new(Dataset::load(&a.data_dir, Split::Test)?);
-    let split = train_set.split_validation(a.val, trainer.config().seed)?;
-    let mut train_idx = split.train;
-    if let Some(n) = a.limit {
-        train_idx.truncate(n);
-    }
-    let cost = trainer.spec().cost()?;
-    if !a.json {
-        eprintln!(
-            "train: {} ({} parameters, {} MACs), {} training / {} validation images, epochs {}..{}",
-            trainer.spec().name,
-            cost.parameters,
-            cost.macs,
-            train_idx.len(),
-            split.val.len(),
-            trainer.epochs_done() + 1,
-            trainer.config().epochs
-        );
-    }
-    while trainer.epochs_done() < trainer.config().epochs {
-        let bar = indicatif::ProgressBar::new(0);
-        if a.json {
-            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-        }
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{prefix} [{bar:30}] {pos}/{len} {per_sec} {msg}",
-            )?
-            .progress_chars("=> "),
-        );
-        bar.set_prefix(format!("epoch {}", trainer.epochs_done() + 1));
-        let stats = trainer.train_epoch(&train_set, &train_idx, &CrossEntropy, |p| {
-            bar.set_length(p.batches as u64);
-            bar.set_position(p.batch as u64);
-            bar.set_message(format!("loss {:.4} acc {:.2}%", p.loss, 100.0 * p.accuracy));
-        })?;
-        bar.finish_and_clear();
-        if !split.val.is_empty() {
-            let val = trainer.evaluate(&train_set, &split.val)?;
-            trainer.record_validation(&val);
-        }
-        trainer.save_checkpoint(&ckpt)?;
-        let last = trainer.history().last().expect("an epoch ran");
-        if !a.json {
-            eprintln!(
-                "epoch {:>3}: loss {:.4}, train {:.2}%, val {}, {:.1} s ({:.0} images/s)",
-                stats.epoch,
-                stats.train_loss,
-                100.0 * stats.train_accuracy,
-                last.val_accuracy
-                    .map_or("–".into(), |v| format!("{:.2}%", 100.0 * v)),
-                stats.seconds,
-                stats.images_per_second
-            );
-        }
-    }
-    let test_idx: Vec<usize> = (0..test_set.len()).collect();
-    let test = trainer.evaluate(&test_set, &test_idx)?;
-    tinykd::train::checkpoint::save_weights(&a.out, trainer.spec(), &trainer.parameters())?;
-    if a.json {
-        let summary = serde_json::json!({
-            "model": trainer.spec().name,
-            "parameters": cost.parameters,
-            "macs": cost.macs,
-            "config": trainer.config(),
-            "history": trainer.history(),
-            "test": test,
-            "out": a.out,
-        });
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
-        println!(
-            "test accuracy {:.2}% ({}/{}), loss {:.4}; weights written to {}",
-            100.0 * test.accuracy,
-            test.correct,
-            test.total,
-            test.loss,
-            a.out.display()
-        );
-    }
-    Ok(())
-}
-
 fn main() -> Result<()> {
     keep_freed_memory();
     match Cli::parse().command {
         Command::Inspect { model, json } => inspect(&model, json),
         Command::Train(args) => train(&args),
+        Command::Distill(args) => distill(&args),
+        Command::Eval(args) => eval(&args),
         Command::Infer {
             model,
             inputs,

@@ -160,27 +160,39 @@ pub fn bench_model(
     })
 }
 
-/// TensorFlow-CPU's images/s per benchmark model key, from
-/// `scripts/bench_train_tf.py` run with the peer venv's Python.
+/// TensorFlow-CPU's images/s per model key, from
+/// `scripts/bench_train_tf.py` run with the peer venv's Python on the same
+/// specs (passed as JSON on stdin).
 pub fn tensorflow_peer(
     python: &Path,
     script: &Path,
-    models: &[&str],
+    specs: &[(String, ModelSpec)],
     steps: usize,
     batch: usize,
 ) -> Option<serde_json::Value> {
-    let out = std::process::Command::new(python)
+    use std::io::Write;
+    let specs: serde_json::Map<String, serde_json::Value> = specs
+        .iter()
+        .map(|(k, s)| Some((k.clone(), serde_json::to_value(s).ok()?)))
+        .collect::<Option<_>>()?;
+    let mut child = std::process::Command::new(python)
         .arg(script)
         .args([
             "--steps",
             &steps.to_string(),
             "--batch",
             &batch.to_string(),
-            "--models",
-            &models.join(","),
+            "--specs",
+            "-",
         ])
-        .output()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .ok()?;
+    let input = serde_json::to_vec(&specs).ok()?;
+    child.stdin.take()?.write_all(&input).ok()?;
+    let out = child.wait_with_output().ok()?;
     if !out.status.success() {
         eprintln!(
             "bench-train: TensorFlow peer failed: {}",
@@ -189,14 +201,6 @@ pub fn tensorflow_peer(
         return None;
     }
     serde_json::from_slice(&out.stdout).ok()
-}
-
-/// The benchmark models by key (`mlp`, `cnn`, `ds`).
-pub fn benchmark_models() -> Vec<(&'static str, ModelSpec)> {
-    ["mlp", "cnn", "ds"]
-        .into_iter()
-        .map(|k| (k, ModelSpec::builtin(k).expect("built-in spec")))
-        .collect()
 }
 
 /// Renders results (and TensorFlow's, if measured) as a Markdown table.

@@ -58,6 +58,8 @@ pub struct Checkpoint {
     pub params: Vec<(String, Vec<f32>)>,
     /// Optimizer state entries.
     pub optimizer: Vec<(String, Vec<f32>)>,
+    /// Notes of the run (see `Trainer::set_tag`).
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 /// Writes `ck` with the parameters `params` to `path`, atomically.
@@ -82,6 +84,7 @@ pub fn save(
             "history".to_string(),
             json(serde_json::to_string(&ck.history))?,
         ),
+        ("tags".to_string(), json(serde_json::to_string(&ck.tags))?),
     ]);
     let mut tensors: Vec<(String, Tensor)> = params
         .iter()
@@ -146,6 +149,10 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
         .map_err(|e| invalid(format!("metadata `config`: {e}")))?;
     let history: Vec<EpochStats> = serde_json::from_str(field("history")?)
         .map_err(|e| invalid(format!("metadata `history`: {e}")))?;
+    let tags = match meta.get("tags") {
+        Some(t) => serde_json::from_str(t).map_err(|e| invalid(format!("metadata `tags`: {e}")))?,
+        None => Default::default(),
+    };
     let st = SafeTensors::deserialize(&bytes).map_err(|e| invalid(e.to_string()))?;
     let (mut params, mut optimizer) = (Vec::new(), Vec::new());
     for (name, view) in st.tensors() {
@@ -175,6 +182,7 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
         history,
         params,
         optimizer,
+        tags,
     })
 }
 

@@ -7,7 +7,7 @@
 use super::checkpoint::{self, Checkpoint, CheckpointError};
 use super::model::{Kernels, ModelError, ModelSpec, Network};
 use super::optim::{AdamW, AdamWConfig, OptimError, Sgd, SgdConfig};
-use crate::data::{Augment, Batch, BatchConfig, DataError, Dataset, Loader};
+use crate::data::{Augment, Batch, BatchConfig, DataError, Dataset, LabelMode, Loader};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
@@ -94,7 +94,7 @@ impl Schedule {
 
 /// Everything that determines a training run (with the spec and the data).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct FitConfig {
     /// Passes over the training set.
     pub epochs: usize,
@@ -116,6 +116,9 @@ pub struct FitConfig {
     pub augment: Augment,
     /// Layer kernels (tinykd's fast ops or candle's own).
     pub kernels: Kernels,
+    /// Never read the training labels (a transfer set labelled by the
+    /// teacher alone).
+    pub unlabeled: bool,
 }
 
 impl Default for FitConfig {
@@ -131,6 +134,7 @@ impl Default for FitConfig {
             seed: 0,
             augment: Augment::default(),
             kernels: Kernels::Fast,
+            unlabeled: false,
         }
     }
 }
@@ -269,6 +273,7 @@ pub struct Trainer {
     net: Network,
     opt: Optimizer,
     history: Vec<EpochStats>,
+    tags: std::collections::BTreeMap<String, String>,
 }
 
 impl Trainer {
@@ -295,6 +300,7 @@ impl Trainer {
             net,
             opt,
             history: Vec::new(),
+            tags: Default::default(),
         })
     }
 
@@ -315,6 +321,7 @@ impl Trainer {
                 reason: format!("optimizer state: {e}"),
             })?;
         t.history = ck.history;
+        t.tags = ck.tags;
         Ok(t)
     }
 
@@ -326,6 +333,17 @@ impl Trainer {
     /// The run's settings.
     pub fn config(&self) -> &FitConfig {
         &self.cfg
+    }
+
+    /// Attaches a note that is saved in checkpoints and restored on
+    /// resume (e.g. the distillation recipe and the teachers' hashes).
+    pub fn set_tag(&mut self, key: &str, value: String) {
+        self.tags.insert(key.into(), value);
+    }
+
+    /// A note set with [`Trainer::set_tag`].
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        self.tags.get(key).map(String::as_str)
     }
 
     /// The finished epochs.
@@ -373,6 +391,11 @@ impl Trainer {
         let epoch = self.history.len();
         let batching = BatchConfig {
             augment: self.cfg.augment,
+            labels: if self.cfg.unlabeled {
+                LabelMode::Unlabeled
+            } else {
+                LabelMode::Labeled
+            },
             ..BatchConfig::train(self.cfg.batch_size, self.cfg.seed)
         };
         let batches = Loader::default().epoch(data, indices, epoch as u64, &batching)?;
@@ -445,12 +468,43 @@ impl Trainer {
             spec: self.spec.clone(),
             config: self.cfg.clone(),
             history: self.history.clone(),
+            tags: self.tags.clone(),
             params: Vec::new(),
             optimizer: self.opt.state(),
         };
         checkpoint::save(path, &ck, &self.parameters())?;
         Ok(())
     }
+}
+
+/// Trains `trainer` until `until` epochs (at most its configured number)
+/// are done: each epoch is followed by validation on `val` (if any) and a
+/// checkpoint at `checkpoint`, so a killed (or stopped) run resumes from the
+/// last finished epoch. `on_batch` sees the progress within an epoch,
+/// `on_epoch` each result.
+#[allow(clippy::too_many_arguments)]
+pub fn run_epochs(
+    trainer: &mut Trainer,
+    data: &Arc<Dataset>,
+    train: &[usize],
+    val: &[usize],
+    objective: &dyn Objective,
+    checkpoint: &Path,
+    until: usize,
+    mut on_batch: impl FnMut(usize, Progress),
+    mut on_epoch: impl FnMut(&EpochStats),
+) -> Result<(), FitError> {
+    while trainer.epochs_done() < until.min(trainer.config().epochs) {
+        let epoch = trainer.epochs_done() + 1;
+        trainer.train_epoch(data, train, objective, |p| on_batch(epoch, p))?;
+        if !val.is_empty() {
+            let eval = trainer.evaluate(data, val)?;
+            trainer.record_validation(&eval);
+        }
+        trainer.save_checkpoint(checkpoint)?;
+        on_epoch(trainer.history().last().expect("an epoch ran"));
+    }
+    Ok(())
 }
 
 /// Cross-entropy and accuracy of `net` on `indices` of a labeled `data`.

@@ -1,0 +1,262 @@
+//! The distillation pipeline end to end on real Fashion-MNIST (a small
+//! subset, so it stays fast): train a student against the demo teacher,
+//! export it, and check that the runtime the devices run gives the logits
+//! candle computed, on 1,000 test images; then the CLI's distill → eval and
+//! its errors for bad input.
+
+use candle_core::{Device, Tensor};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use tinykd::data::{Dataset, Split};
+use tinykd::distill::{Distiller, Method, Recipe, Targets};
+use tinykd::engine::EngineKind;
+use tinykd::export::ExportMeta;
+use tinykd::teacher::{Ensemble, EnsembleMode, Teacher};
+use tinykd::train::fit::{FitConfig, Trainer};
+use tinykd::train::model::ModelSpec;
+
+fn root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tinykd-pipeline-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn data_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(tinykd::data::DEFAULT_DIR);
+    if dir.join("train-images-idx3-ubyte.gz").exists() {
+        Some(dir)
+    } else {
+        // `make setup` installs it; the test must not pass silently without it.
+        panic!("Fashion-MNIST is missing: run `make setup`");
+    }
+}
+
+#[test]
+fn distilled_student_runs_in_the_runtime_with_candles_logits() {
+    let dir = data_dir().unwrap();
+    let train = Arc::new(Dataset::load(&dir, Split::Train).unwrap());
+    let test = Dataset::load(&dir, Split::Test).unwrap();
+    let indices: Vec<usize> = (0..3000).collect();
+    let teacher = Teacher::load(&root().join("models/demo/fashion_mlp.onnx")).unwrap();
+    let ensemble = Ensemble::new(vec![(teacher, 1.0)], EnsembleMode::Arithmetic).unwrap();
+    let logits = tinykd::teacher::logits_for(
+        &ensemble.members()[0].0,
+        &train,
+        &indices,
+        Default::default(),
+        |_, _| {},
+    )
+    .unwrap();
+    let recipe = Recipe {
+        method: Method::Hinton,
+        fit: FitConfig {
+            epochs: 2,
+            ..FitConfig::default()
+        },
+        ..Recipe::default()
+    };
+    let objective = Distiller::new(
+        &recipe,
+        Some(&ensemble),
+        Targets::Cached(vec![logits]),
+        Default::default(),
+    )
+    .unwrap();
+    let spec = ModelSpec::from_toml_file(&root().join("models/students/ds-cnn.toml")).unwrap();
+    let mut trainer = Trainer::new(spec.clone(), recipe.fit.clone()).unwrap();
+    for _ in 0..2 {
+        trainer
+            .train_epoch(&train, &indices, &objective, |_| {})
+            .unwrap();
+    }
+    let path = temp("student.onnx");
+    tinykd::export::write(&path, &spec, &trainer.parameters(), &ExportMeta::default()).unwrap();
+
+    let first: Vec<usize> = (0..1000).collect();
+    let test = test.subset(&first).unwrap();
+    let report = tinykd::eval::evaluate(&path, &test, EngineKind::Tinykd, 100).unwrap();
+    let x: Vec<f32> = (0..test.len())
+        .flat_map(|i| {
+            test.image(i)
+                .iter()
+                .map(|&p| tinykd::data::Normalization::default().apply(p))
+        })
+        .collect();
+    let x = Tensor::from_vec(x, (test.len(), 1, 28, 28), &Device::Cpu).unwrap();
+    let candle = trainer.network().forward(&x).unwrap();
+    let candle: Vec<f32> = candle.flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(candle.len(), report.logits.len());
+    let scale = candle.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let mut worst = 0f32;
+    for (row_c, row_r) in candle.chunks(10).zip(report.logits.chunks(10)) {
+        for (c, r) in row_c.iter().zip(row_r) {
+            worst = worst.max((c - r).abs() / scale);
+        }
+        let am = |r: &[f32]| {
+            r.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap()
+                .0
+        };
+        assert_eq!(am(row_c), am(row_r), "argmax differs");
+    }
+    assert!(
+        worst < 1e-4,
+        "runtime vs candle: max relative difference {worst}"
+    );
+    assert!(
+        report.accuracy > 0.3,
+        "student accuracy {}",
+        report.accuracy
+    );
+}
+
+fn tinykd_cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tinykd"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run tinykd")
+}
+
+#[test]
+fn cli_distill_then_eval_and_resume() {
+    data_dir();
+    let out = temp("cli-student.onnx");
+    let o = out.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "distill",
+            "--teacher",
+            "models/demo/fashion_mlp.onnx",
+            "--student",
+            "models/students/mlp-40.toml",
+            "--recipe",
+            "models/recipes/demo.toml",
+            "--limit",
+            "2000",
+            "--val",
+            "500",
+            "--out",
+            o,
+            "--json",
+        ];
+        args.extend(extra);
+        tinykd_cli(&args)
+    };
+    let full = run(&["--epochs", "2"]);
+    assert!(
+        full.status.success(),
+        "{}",
+        String::from_utf8_lossy(&full.stderr)
+    );
+    let full_bytes = std::fs::read(&out).unwrap();
+    // Kill-and-resume: one epoch, then --resume to two, gives the same file.
+    std::fs::remove_file(&out).unwrap();
+    assert!(run(&["--epochs", "2", "--stop-after", "1"])
+        .status
+        .success());
+    assert!(!out.exists(), "a stopped run wrote its model");
+    let resumed = run(&["--resume"]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert!(
+        std::fs::read(&out).unwrap() == full_bytes,
+        "resumed run differs"
+    );
+
+    let eval = tinykd_cli(&["eval", o, "--limit", "500", "--json"]);
+    assert!(
+        eval.status.success(),
+        "{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    assert_eq!(r["total"], 500);
+    assert!(r["accuracy"].as_f64().unwrap() > 0.5);
+}
+
+#[test]
+fn teacher_with_wrong_classes_and_corrupt_data_are_clear_errors() {
+    data_dir();
+    // A teacher with 10 outputs on a spec is fine; a data dir with a damaged
+    // IDX file names the file and writes nothing.
+    let bad_dir = temp("bad-data");
+    std::fs::create_dir_all(&bad_dir).unwrap();
+    for f in [
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+    ] {
+        std::fs::copy(
+            Path::new(tinykd::data::DEFAULT_DIR).join(f),
+            bad_dir.join(f),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        bad_dir.join("train-images-idx3-ubyte.gz"),
+        b"\x1f\x8b\x08\x00garbage",
+    )
+    .unwrap();
+    let out = temp("never.onnx");
+    let r = tinykd_cli(&[
+        "distill",
+        "--teacher",
+        "models/demo/fashion_mlp.onnx",
+        "--student",
+        "models/students/mlp-40.toml",
+        "--data-dir",
+        bad_dir.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!r.status.success());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("train-images-idx3-ubyte.gz"), "{err}");
+    assert!(!out.exists(), "a failed run wrote its output");
+
+    // A teacher whose outputs are not the data set's 10 classes.
+    let five = temp("five-class.onnx");
+    let spec: ModelSpec =
+        toml::from_str("name = \"five\"\ninput = [784]\n[[layers]]\ntype = \"dense\"\nunits = 5\n")
+            .unwrap();
+    let vm = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&vm, candle_core::DType::F32, &Device::Cpu);
+    tinykd::train::model::Network::new(&spec, vb, tinykd::train::model::Kernels::Candle).unwrap();
+    let params: Vec<(String, Tensor)> = vm
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect();
+    tinykd::export::write(&five, &spec, &params, &ExportMeta::default()).unwrap();
+    let r = tinykd_cli(&[
+        "distill",
+        "--teacher",
+        five.to_str().unwrap(),
+        "--student",
+        "models/students/mlp-40.toml",
+        "--limit",
+        "100",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!r.status.success());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.contains("five-class.onnx") && err.contains('5') && err.contains("10"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}

@@ -1,0 +1,4 @@
+//! The CLI's longer commands, one module per family.
+
+pub mod evaluate;
+pub mod training;

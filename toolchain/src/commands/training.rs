@@ -1,0 +1,490 @@
+//! `tinykd train` and `tinykd distill`: the same loop (`train::fit`), one
+//! with cross-entropy, the other with a distillation recipe against ONNX
+//! teachers; both checkpoint every epoch, resume, and write the model as
+//! ONNX (or raw weights as safetensors).
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tinykd::data::{Augment, Dataset, Normalization, Split, TrainVal};
+use tinykd::distill::{Distiller, Method, Recipe, Targets, TeacherView};
+use tinykd::export::ExportMeta;
+use tinykd::teacher::{Ensemble, EnsembleMode, Teacher};
+use tinykd::train::fit::{
+    run_epochs, CrossEntropy, EpochStats, Evaluation, FitConfig, Objective, OptimizerKind,
+    Progress, Schedule, Trainer,
+};
+use tinykd::train::model::{Kernels, ModelSpec};
+
+/// Options shared by `train` and `distill`: data, output, resumption.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Where to write the trained model: `.onnx` (exported) or `.safetensors` (weights).
+    #[arg(long)]
+    out: PathBuf,
+    /// Training images held out for validation.
+    #[arg(long, default_value_t = 5000)]
+    val: usize,
+    /// Train on only this many of the remaining training images (quick runs).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Fashion-MNIST folder.
+    #[arg(long, default_value = tinykd::data::DEFAULT_DIR)]
+    data_dir: PathBuf,
+    /// Continue the run saved in OUT.ckpt (up to --epochs, if given).
+    #[arg(long)]
+    resume: bool,
+    /// Stop once this many epochs are done, as if killed; --resume continues.
+    #[arg(long)]
+    stop_after: Option<usize>,
+    /// Print a JSON summary instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Training settings as flags; each one given overrides the recipe's.
+#[derive(clap::Args)]
+pub struct FitArgs {
+    /// Passes over the training set [default: 10].
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Images per step [default: 128].
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Optimizer [default: adamw].
+    #[arg(long, value_enum)]
+    optimizer: Option<OptimizerKind>,
+    /// Base learning rate [default: 0.001].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Weight decay (decoupled for AdamW, L2 for SGD) [default: 0].
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Learning-rate schedule: constant, cosine, or step:EVERY:GAMMA [default: cosine].
+    #[arg(long)]
+    schedule: Option<String>,
+    /// Seed of the initial weights, shuffling and augmentation [default: 0].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Random shifts of up to ± this many pixels [default: 0].
+    #[arg(long)]
+    shift: Option<u32>,
+    /// Horizontal-flip probability [default: 0].
+    #[arg(long)]
+    hflip: Option<f32>,
+    /// Layer kernels [default: fast].
+    #[arg(long, value_enum)]
+    kernels: Option<Kernels>,
+}
+
+impl FitArgs {
+    /// `base` with the given flags applied.
+    fn apply(&self, mut cfg: FitConfig) -> Result<FitConfig> {
+        macro_rules! set {
+            ($($flag:ident => $field:ident),*) => {
+                $(if let Some(v) = self.$flag.clone() { cfg.$field = v; })*
+            };
+        }
+        set!(epochs => epochs, batch => batch_size, optimizer => optimizer, lr => lr,
+             weight_decay => weight_decay, seed => seed, kernels => kernels);
+        if let Some(s) = &self.schedule {
+            cfg.schedule = parse_schedule(s)?;
+        }
+        cfg.augment = Augment {
+            shift: self.shift.unwrap_or(cfg.augment.shift),
+            hflip: self.hflip.unwrap_or(cfg.augment.hflip),
+            ..cfg.augment
+        };
+        Ok(cfg)
+    }
+}
+
+/// Options of `tinykd train`.
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// A spec file (TOML) or a built-in spec: mlp, cnn, ds.
+    #[arg(long)]
+    arch: String,
+    #[command(flatten)]
+    fit: FitArgs,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// Options of `tinykd distill`.
+#[derive(clap::Args)]
+pub struct DistillArgs {
+    /// A teacher (any ONNX classifier); repeat for an ensemble.
+    #[arg(long = "teacher", required = true)]
+    teachers: Vec<PathBuf>,
+    /// Ensemble weights, one per teacher (default: equal).
+    #[arg(long, value_delimiter = ',')]
+    teacher_weights: Vec<f32>,
+    /// The student: a spec file (TOML) or a built-in spec.
+    #[arg(long)]
+    student: String,
+    /// A recipe (TOML); flags override its values.
+    #[arg(long)]
+    recipe: Option<PathBuf>,
+    /// Loss.
+    #[arg(long, value_enum)]
+    method: Option<Method>,
+    /// Softmax temperature of the soft targets.
+    #[arg(long)]
+    temperature: Option<f64>,
+    /// Weight of the soft term (Hinton) or of TCKD (DKD).
+    #[arg(long)]
+    alpha: Option<f64>,
+    /// Weight of NCKD (DKD).
+    #[arg(long)]
+    beta: Option<f64>,
+    /// Train without reading the labels (an unlabeled transfer set).
+    #[arg(long)]
+    unlabeled: bool,
+    /// Teacher outputs from cached clean images or live on each augmented batch.
+    #[arg(long, value_enum)]
+    teacher_view: Option<TeacherView>,
+    /// How several teachers' distributions are combined.
+    #[arg(long, value_enum)]
+    ensemble: Option<EnsembleMode>,
+    /// Where teacher logits are cached.
+    #[arg(long, default_value = "build/teacher-cache")]
+    cache_dir: PathBuf,
+    #[command(flatten)]
+    fit: FitArgs,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+fn parse_schedule(s: &str) -> Result<Schedule> {
+    Ok(match s.split(':').collect::<Vec<_>>().as_slice() {
+        ["constant"] => Schedule::Constant,
+        ["cosine"] => Schedule::Cosine,
+        ["step", every, gamma] => Schedule::Step {
+            every: every.parse().context("step schedule: EVERY")?,
+            gamma: gamma.parse().context("step schedule: GAMMA")?,
+        },
+        _ => bail!("--schedule {s}: expected constant, cosine or step:EVERY:GAMMA"),
+    })
+}
+
+/// A built-in spec by name, or a spec file.
+fn load_spec(arch: &str) -> Result<ModelSpec> {
+    match ModelSpec::builtin(arch) {
+        Some(spec) => Ok(spec),
+        None => Ok(ModelSpec::from_toml_file(Path::new(arch))?),
+    }
+}
+
+/// `OUT.ckpt` next to the output file.
+fn checkpoint_path(out: &Path) -> PathBuf {
+    let mut p = out.as_os_str().to_owned();
+    p.push(".ckpt");
+    PathBuf::from(p)
+}
+
+/// The training and test sets, and the train/validation split.
+struct Data {
+    train: Arc<Dataset>,
+    test: Arc<Dataset>,
+    split: TrainVal,
+}
+
+fn load_data(run: &RunArgs, seed: u64) -> Result<Data> {
+    let train = Arc::new(Dataset::load(&run.data_dir, Split::Train)?);
+    let test = Arc::new(Dataset::load(&run.data_dir, Split::Test)?);
+    let mut split = train.split_validation(run.val, seed)?;
+    if let Some(n) = run.limit {
+        split.train.truncate(n);
+    }
+    Ok(Data { train, test, split })
+}
+
+/// Runs the epochs with a progress bar and a line per epoch, then
+/// evaluates on the test set; `None` when stopped early (`--stop-after`).
+fn fit(
+    trainer: &mut Trainer,
+    data: &Data,
+    objective: &dyn Objective,
+    run: &RunArgs,
+) -> Result<Option<Evaluation>> {
+    let cost = trainer.spec().cost()?;
+    if !run.json {
+        eprintln!(
+            "{}: {} parameters, {} MACs per image; {} training / {} validation images; epochs {}..{}",
+            trainer.spec().name,
+            cost.parameters,
+            cost.macs,
+            data.split.train.len(),
+            data.split.val.len(),
+            trainer.epochs_done() + 1,
+            trainer.config().epochs
+        );
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    if run.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} {msg}")?
+            .progress_chars("=> "),
+    );
+    let on_batch = |epoch: usize, p: Progress| {
+        if p.batch == 1 {
+            bar.reset();
+            bar.set_length(p.batches as u64);
+            bar.set_prefix(format!("epoch {epoch}"));
+        }
+        bar.set_position(p.batch as u64);
+        bar.set_message(format!("loss {:.4} acc {:.2}%", p.loss, 100.0 * p.accuracy));
+    };
+    let on_epoch = |s: &EpochStats| {
+        if !run.json {
+            bar.suspend(|| {
+                eprintln!(
+                    "epoch {:>3}: loss {:.4}, train {:.2}%, val {}, {:.1} s ({:.0} images/s)",
+                    s.epoch,
+                    s.train_loss,
+                    100.0 * s.train_accuracy,
+                    s.val_accuracy
+                        .map_or("–".into(), |v| format!("{:.2}%", 100.0 * v)),
+                    s.seconds,
+                    s.images_per_second
+                )
+            });
+        }
+    };
+    run_epochs(
+        trainer,
+        &data.train,
+        &data.split.train,
+        &data.split.val,
+        objective,
+        &checkpoint_path(&run.out),
+        run.stop_after.unwrap_or(usize::MAX),
+        on_batch,
+        on_epoch,
+    )?;
+    bar.finish_and_clear();
+    if trainer.epochs_done() < trainer.config().epochs {
+        return Ok(None);
+    }
+    let test_idx: Vec<usize> = (0..data.test.len()).collect();
+    Ok(Some(trainer.evaluate(&data.test, &test_idx)?))
+}
+
+/// Writes the trained model: ONNX when `out` ends in `.onnx`, else weights.
+fn write_model(trainer: &Trainer, out: &Path, data: &Data, meta: ExportMeta) -> Result<()> {
+    if out.extension().is_some_and(|e| e == "onnx") {
+        let norm = Normalization::default();
+        let meta = ExportMeta {
+            labels: data.train.class_names.clone(),
+            normalization: ExportMeta::normalization(norm.mean, norm.std),
+            ..meta
+        };
+        tinykd::export::write(out, trainer.spec(), &trainer.parameters(), &meta)?;
+    } else {
+        tinykd::train::checkpoint::save_weights(out, trainer.spec(), &trainer.parameters())?;
+    }
+    Ok(())
+}
+
+fn report(
+    trainer: &Trainer,
+    test: &Evaluation,
+    run: &RunArgs,
+    extra: serde_json::Value,
+) -> Result<()> {
+    let cost = trainer.spec().cost()?;
+    if run.json {
+        let mut summary = serde_json::json!({
+            "model": trainer.spec().name,
+            "parameters": cost.parameters,
+            "macs": cost.macs,
+            "config": trainer.config(),
+            "history": trainer.history(),
+            "test": test,
+            "out": run.out,
+        });
+        if let (Some(s), Some(e)) = (summary.as_object_mut(), extra.as_object()) {
+            s.extend(e.clone());
+        }
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "test accuracy {:.2}% ({}/{}), loss {:.4}; model written to {}",
+            100.0 * test.accuracy,
+            test.correct,
+            test.total,
+            test.loss,
+            run.out.display()
+        );
+    }
+    Ok(())
+}
+
+/// Reports a run stopped by `--stop-after`.
+fn stopped(trainer: &Trainer, run: &RunArgs) -> Result<()> {
+    let ckpt = checkpoint_path(&run.out);
+    if run.json {
+        let s = serde_json::json!({"stopped_after": trainer.epochs_done(), "checkpoint": ckpt});
+        println!("{s}");
+    } else {
+        println!(
+            "stopped after epoch {}; continue with --resume (checkpoint {})",
+            trainer.epochs_done(),
+            ckpt.display()
+        );
+    }
+    Ok(())
+}
+
+/// `tinykd train`.
+pub fn train(a: &TrainArgs) -> Result<()> {
+    let mut trainer = if a.run.resume {
+        Trainer::resume(&checkpoint_path(&a.run.out), a.fit.epochs)?
+    } else {
+        let cfg = a.fit.apply(FitConfig::default())?;
+        Trainer::new(load_spec(&a.arch)?, cfg)?
+    };
+    let data = load_data(&a.run, trainer.config().seed)?;
+    let Some(test) = fit(&mut trainer, &data, &CrossEntropy, &a.run)? else {
+        return stopped(&trainer, &a.run);
+    };
+    write_model(&trainer, &a.run.out, &data, ExportMeta::default())?;
+    report(&trainer, &test, &a.run, serde_json::json!({}))
+}
+
+/// The recipe from the file and flags.
+fn recipe_of(a: &DistillArgs) -> Result<Recipe> {
+    let mut r = match &a.recipe {
+        Some(p) => Recipe::from_toml_file(p)?,
+        None => Recipe::default(),
+    };
+    r.method = a.method.unwrap_or(r.method);
+    r.temperature = a.temperature.unwrap_or(r.temperature);
+    r.alpha = a.alpha.unwrap_or(r.alpha);
+    r.beta = a.beta.unwrap_or(r.beta);
+    r.teacher_view = a.teacher_view.unwrap_or(r.teacher_view);
+    r.ensemble = a.ensemble.unwrap_or(r.ensemble);
+    r.fit = a.fit.apply(r.fit)?;
+    r.fit.unlabeled |= a.unlabeled;
+    r.check().map_err(|e| anyhow::anyhow!("recipe: {e}"))?;
+    Ok(r)
+}
+
+/// `tinykd distill`.
+pub fn distill(a: &DistillArgs) -> Result<()> {
+    let ckpt = checkpoint_path(&a.run.out);
+    // A resumed run keeps its recipe and teachers; only --epochs may change.
+    let resumed = if a.run.resume {
+        Some(Trainer::resume(&ckpt, a.fit.epochs)?)
+    } else {
+        None
+    };
+    let recipe = match resumed.as_ref().and_then(|t| t.tag("recipe")) {
+        Some(text) => {
+            let mut r: Recipe = toml::from_str(text)
+                .with_context(|| format!("{}: the recipe it was started with", ckpt.display()))?;
+            r.fit = resumed.as_ref().expect("resumed").config().clone();
+            r
+        }
+        None => recipe_of(a)?,
+    };
+    let weights = if a.teacher_weights.is_empty() {
+        vec![1.0; a.teachers.len()]
+    } else if a.teacher_weights.len() == a.teachers.len() {
+        a.teacher_weights.clone()
+    } else {
+        bail!(
+            "--teacher-weights has {} values for {} teachers",
+            a.teacher_weights.len(),
+            a.teachers.len()
+        );
+    };
+    let members = a
+        .teachers
+        .iter()
+        .zip(weights)
+        .map(|(p, w)| Ok((Teacher::load(p)?, w)))
+        .collect::<Result<Vec<_>>>()?;
+    let ensemble = Ensemble::new(members, recipe.ensemble)?;
+    let shas = ensemble
+        .members()
+        .iter()
+        .map(|(t, _)| t.sha256().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut trainer = match resumed {
+        Some(t) => {
+            if t.tag("teachers").is_some_and(|s| s != shas) {
+                bail!(
+                    "{}: the run was started with other teachers (sha256 {}), not {shas}",
+                    ckpt.display(),
+                    t.tag("teachers").unwrap_or_default()
+                );
+            }
+            t
+        }
+        None => {
+            let mut t = Trainer::new(load_spec(&a.student)?, recipe.fit.clone())?;
+            t.set_tag("recipe", recipe.to_toml());
+            t.set_tag("teachers", shas.clone());
+            t
+        }
+    };
+    let data = load_data(&a.run, trainer.config().seed)?;
+    ensemble.check_classes(data.train.classes)?;
+    let norm = Normalization::default();
+    let targets = match (recipe.method, recipe.teacher_view) {
+        (Method::Scratch, _) => Targets::None,
+        (_, TeacherView::Live) => Targets::Live,
+        (_, TeacherView::Cached) => {
+            let bar = indicatif::ProgressBar::new(0);
+            if a.run.json {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            bar.set_style(indicatif::ProgressStyle::with_template(
+                "teacher {prefix} [{bar:30}] {pos}/{len} images",
+            )?);
+            let logits = ensemble.cached_logits(
+                &data.train,
+                &data.split.train,
+                norm,
+                &a.cache_dir,
+                |m, done, total| {
+                    bar.set_prefix(format!("{}", m + 1));
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                },
+            )?;
+            bar.finish_and_clear();
+            for w in logits.iter().flat_map(|l| &l.warnings) {
+                eprintln!("warning: {w}");
+            }
+            Targets::Cached(logits)
+        }
+    };
+    let objective = Distiller::new(&recipe, Some(&ensemble), targets, norm)
+        .map_err(|e| anyhow::anyhow!("distill: {e}"))?;
+    let Some(test) = fit(&mut trainer, &data, &objective, &a.run)? else {
+        return stopped(&trainer, &a.run);
+    };
+    let meta = ExportMeta {
+        teacher_sha256: (ensemble.members().len() == 1).then(|| shas.clone()),
+        recipe: Some(recipe.to_toml()),
+        ..ExportMeta::default()
+    };
+    write_model(&trainer, &a.run.out, &data, meta)?;
+    let teachers: Vec<_> = ensemble
+        .members()
+        .iter()
+        .map(|(t, w)| serde_json::json!({"path": t.path(), "sha256": t.sha256(), "weight": w}))
+        .collect();
+    report(
+        &trainer,
+        &test,
+        &a.run,
+        serde_json::json!({"recipe": recipe, "teachers": teachers}),
+    )
+}
