@@ -68,6 +68,17 @@ enum Command {
         after_help = "Examples:\n  tinykd distill --teacher models/teachers/cnn.onnx --student models/students/mlp-40.toml --recipe models/recipes/kd.toml --out build/student.onnx\n  tinykd distill --teacher a.onnx --teacher b.onnx --teacher-weights 2,1 --student s.toml --method hinton --temperature 4 --alpha 0.9 --epochs 30 --out s.onnx --json\n  tinykd distill ... --resume   # continue a killed run from OUT.ckpt\n\nTeacher logits over the training images are computed once and cached in build/teacher-cache/\n(keyed by the teacher's and the data's sha256) unless the recipe sets teacher_view = \"live\"."
     )]
     Distill(DistillArgs),
+    /// Export trained weights (.safetensors from `tinykd train`) as ONNX.
+    #[command(
+        after_help = "Examples:\n  tinykd export build/teacher/cnn.safetensors --out models/teachers/cnn.onnx\n\nThe file gets Fashion-MNIST's class labels and input normalisation as metadata;\nevery initializer is 16-byte aligned so the runtime can run it in place."
+    )]
+    Export {
+        /// Weights written by `tinykd train --out X.safetensors`.
+        weights: PathBuf,
+        /// The ONNX file to write (atomically).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Accuracy, per-class accuracy, confusion matrix and latency of an ONNX
     /// classifier on Fashion-MNIST, run by the tinykd runtime (or tract).
     #[command(
@@ -355,13 +366,46 @@ fn keep_freed_memory() {
     }
 }
 
+fn export(weights: &Path, out: &Path) -> Result<()> {
+    let w = tinykd::export::load_weights(weights)?;
+    let norm = tinykd::data::Normalization::default();
+    let meta = tinykd::export::ExportMeta {
+        labels: tinykd::data::CLASS_NAMES
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        normalization: tinykd::export::ExportMeta::normalization(norm.mean, norm.std),
+        ..Default::default()
+    };
+    tinykd::export::write(out, &w.spec, &w.params, &meta)?;
+    println!(
+        "{}: {} exported to {}",
+        weights.display(),
+        w.spec.name,
+        out.display()
+    );
+    Ok(())
+}
+
+/// Dies quietly on a closed pipe (`tinykd eval m.onnx | head`), as Unix
+/// tools do, instead of panicking on the next print.
+fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: restores the default disposition before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> Result<()> {
     keep_freed_memory();
+    default_sigpipe();
     match Cli::parse().command {
         Command::Inspect { model, json } => inspect(&model, json),
         Command::Train(args) => train(&args),
         Command::Distill(args) => distill(&args),
         Command::Eval(args) => eval(&args),
+        Command::Export { weights, out } => export(&weights, &out),
         Command::Infer {
             model,
             inputs,

@@ -6,7 +6,7 @@
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tinykd::data::{Augment, Dataset, Normalization, Split, TrainVal};
+use tinykd::data::{augmented_views, Augment, Dataset, Normalization, Split, TrainVal};
 use tinykd::distill::{Distiller, Method, Recipe, Targets, TeacherView};
 use tinykd::export::ExportMeta;
 use tinykd::teacher::{Ensemble, EnsembleMode, Teacher};
@@ -183,21 +183,35 @@ fn checkpoint_path(out: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// The training and test sets, and the train/validation split.
+/// The training and test sets, the train/validation split, and the
+/// transfer set the student learns from (the training split by default).
 struct Data {
     train: Arc<Dataset>,
     test: Arc<Dataset>,
     split: TrainVal,
+    transfer: Arc<Dataset>,
+    transfer_idx: Vec<usize>,
 }
 
 fn load_data(run: &RunArgs, seed: u64) -> Result<Data> {
+    // The output's folder is created up front, so a long run cannot fail
+    // at its first checkpoint for want of it.
+    if let Some(dir) = run.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let train = Arc::new(Dataset::load(&run.data_dir, Split::Train)?);
     let test = Arc::new(Dataset::load(&run.data_dir, Split::Test)?);
     let mut split = train.split_validation(run.val, seed)?;
     if let Some(n) = run.limit {
         split.train.truncate(n);
     }
-    Ok(Data { train, test, split })
+    Ok(Data {
+        transfer: Arc::clone(&train),
+        transfer_idx: split.train.clone(),
+        train,
+        test,
+        split,
+    })
 }
 
 /// Runs the epochs with a progress bar and a line per epoch, then
@@ -215,7 +229,7 @@ fn fit(
             trainer.spec().name,
             cost.parameters,
             cost.macs,
-            data.split.train.len(),
+            data.transfer_idx.len(),
             data.split.val.len(),
             trainer.epochs_done() + 1,
             trainer.config().epochs
@@ -256,9 +270,8 @@ fn fit(
     };
     run_epochs(
         trainer,
-        &data.train,
-        &data.split.train,
-        &data.split.val,
+        (&data.transfer, &data.transfer_idx),
+        (&data.train, &data.split.val),
         objective,
         &checkpoint_path(&run.out),
         run.stop_after.unwrap_or(usize::MAX),
@@ -433,8 +446,19 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
             t
         }
     };
-    let data = load_data(&a.run, trainer.config().seed)?;
+    let mut data = load_data(&a.run, trainer.config().seed)?;
     ensemble.check_classes(data.train.classes)?;
+    if recipe.transfer.views > 1 {
+        let views = augmented_views(
+            &data.train,
+            &data.split.train,
+            &recipe.transfer.augment,
+            recipe.transfer.views,
+            trainer.config().seed,
+        )?;
+        data.transfer_idx = (0..views.len()).collect();
+        data.transfer = Arc::new(views);
+    }
     let norm = Normalization::default();
     let targets = match (recipe.method, recipe.teacher_view) {
         (Method::Scratch, _) => Targets::None,
@@ -448,8 +472,8 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
                 "teacher {prefix} [{bar:30}] {pos}/{len} images",
             )?);
             let logits = ensemble.cached_logits(
-                &data.train,
-                &data.split.train,
+                &data.transfer,
+                &data.transfer_idx,
                 norm,
                 &a.cache_dir,
                 |m, done, total| {

@@ -7,7 +7,7 @@
 //! prefetching loader on another thread — and comes out bit-identical.
 
 use super::fashion::Dataset;
-use super::rng::{Rng, STREAM_AUGMENT, STREAM_SHUFFLE};
+use super::rng::{Rng, STREAM_AUGMENT, STREAM_SHUFFLE, STREAM_VIEWS};
 use super::DataError;
 use serde::{Deserialize, Serialize};
 
@@ -313,15 +313,15 @@ impl Plan {
 /// left–right if `flip`, through the normalisation `table`; pixels shifted in
 /// from outside are black (`table[0]`).
 #[allow(clippy::too_many_arguments)]
-fn render(
+fn render<T: Copy>(
     src: &[u8],
-    dst: &mut [f32],
+    dst: &mut [T],
     rows: usize,
     cols: usize,
     dx: i64,
     dy: i64,
     flip: bool,
-    table: &[f32; 256],
+    table: &[T; 256],
 ) {
     let black = table[0];
     for (y, out) in dst.chunks_exact_mut(cols).enumerate() {
@@ -341,6 +341,71 @@ fn render(
             };
         }
     }
+}
+
+/// A transfer set of `views` augmented copies of the images at `indices`
+/// (shifts, crops and flips of `augment`; noise is a per-batch option and
+/// is not allowed here), labels kept: view `v` of sample `k` is image
+/// `v·len + k`. The copies are fixed by `(seed, view, sample)`, so a
+/// teacher's outputs on them can be cached and the student trained on
+/// exactly the images the teacher labelled.
+pub fn augmented_views(
+    ds: &Dataset,
+    indices: &[usize],
+    augment: &Augment,
+    views: usize,
+    seed: u64,
+) -> Result<Dataset, DataError> {
+    augment.validate()?;
+    if augment.noise_std > 0.0 {
+        return Err(DataError::Config(
+            "augmented views take shifts, crops and flips, not noise".into(),
+        ));
+    }
+    if let Some(&bad) = indices.iter().find(|&&i| i >= ds.len()) {
+        return Err(DataError::IndexOutOfRange {
+            index: bad,
+            len: ds.len(),
+        });
+    }
+    let (rows, cols) = (ds.rows, ds.cols);
+    let identity: [u8; 256] = std::array::from_fn(|i| i as u8);
+    let mut images = vec![0u8; views * indices.len() * rows * cols];
+    let mut labels = Vec::with_capacity(views * indices.len());
+    for (v, out) in images.chunks_mut(indices.len() * rows * cols).enumerate() {
+        for (k, (&i, dst)) in indices
+            .iter()
+            .zip(out.chunks_exact_mut(rows * cols))
+            .enumerate()
+        {
+            let mut rng = Rng::derive(seed, &[STREAM_VIEWS, v as u64, k as u64]);
+            let (mut dx, mut dy) = (0, 0);
+            for s in [augment.shift, augment.crop_padding] {
+                if s > 0 {
+                    dx += rng.offset(s);
+                    dy += rng.offset(s);
+                }
+            }
+            let flip = augment.hflip > 0.0 && rng.unit_f32() < augment.hflip;
+            // View 0 is the original image, so the set always contains it.
+            let (dx, dy, flip) = if v == 0 {
+                (0, 0, false)
+            } else {
+                (dx, dy, flip)
+            };
+            render(ds.image(i), dst, rows, cols, dx, dy, flip, &identity);
+        }
+        if ds.is_labeled() {
+            labels.extend(indices.iter().map(|&i| ds.labels[i]));
+        }
+    }
+    let mut out = Dataset::unlabeled(images, rows, cols)?;
+    if ds.is_labeled() {
+        out.labels = labels;
+        out.classes = ds.classes;
+        out.class_names = ds.class_names.clone();
+    }
+    Ok(out)
 }
 
 fn add_noise(dst: &mut [f32], scale: f32, rng: &mut Rng) {

@@ -14,7 +14,8 @@ pub(crate) mod rng;
 mod testutil;
 
 pub use batch::{
-    batches, epoch_order, Augment, Batch, BatchConfig, Batches, LabelMode, Normalization,
+    augmented_views, batches, epoch_order, Augment, Batch, BatchConfig, Batches, LabelMode,
+    Normalization,
 };
 pub use fashion::{Dataset, Split, TrainVal, CLASS_NAMES, DEFAULT_DIR, SIDE};
 pub use idx::{read_idx, Idx};

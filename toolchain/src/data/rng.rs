@@ -7,6 +7,8 @@
 pub(crate) const STREAM_SHUFFLE: u64 = 0x5348_5546;
 pub(crate) const STREAM_AUGMENT: u64 = 0x4155_474d;
 pub(crate) const STREAM_SPLIT: u64 = 0x5350_4c54;
+/// Fixed augmented copies of a transfer set (`batch::augmented_views`).
+pub(crate) const STREAM_VIEWS: u64 = 0x5649_4557;
 /// Initial weights (`train/init.rs`).
 pub(crate) const STREAM_INIT: u64 = 0x494e_4954;
 

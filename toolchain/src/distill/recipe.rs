@@ -2,6 +2,7 @@
 //! teacher sees the data, and the training settings, from a TOML file
 //! (`models/recipes/*.toml`) or flags.
 
+use crate::data::Augment;
 use crate::teacher::EnsembleMode;
 use crate::train::fit::FitConfig;
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,8 @@ pub struct Recipe {
     pub teacher_view: TeacherView,
     /// How several teachers' distributions are combined.
     pub ensemble: EnsembleMode,
+    /// The transfer set the student learns on.
+    pub transfer: Transfer,
     /// Training settings (`fit.unlabeled = true` for a transfer set without labels).
     pub fit: FitConfig,
 }
@@ -61,7 +64,31 @@ impl Default for Recipe {
             beta: 8.0,
             teacher_view: TeacherView::Cached,
             ensemble: EnsembleMode::Arithmetic,
+            transfer: Transfer::default(),
             fit: FitConfig::default(),
+        }
+    }
+}
+
+/// The images the student is trained on: the training split itself
+/// (`views = 1`), or that many fixed augmented copies of it (view 0 the
+/// original), which the teacher labels once (cached), so teacher and
+/// student see the same images ("consistent teaching") at the cost of a
+/// cached pass rather than a teacher run per batch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Transfer {
+    /// Copies of the training split (1 = the split as it is).
+    pub views: usize,
+    /// Shifts, crops and flips that make the copies.
+    pub augment: Augment,
+}
+
+impl Default for Transfer {
+    fn default() -> Self {
+        Self {
+            views: 1,
+            augment: Augment::default(),
         }
     }
 }
@@ -104,6 +131,9 @@ impl Recipe {
         }
         if !(self.alpha >= 0.0 && self.beta >= 0.0) {
             return Err("alpha and beta must be ≥ 0".into());
+        }
+        if self.transfer.views == 0 {
+            return Err("transfer.views must be ≥ 1".into());
         }
         if self.fit.unlabeled && matches!(self.method, Method::Scratch | Method::Dkd) {
             return Err(format!(

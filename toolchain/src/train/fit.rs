@@ -477,17 +477,17 @@ impl Trainer {
     }
 }
 
-/// Trains `trainer` until `until` epochs (at most its configured number)
-/// are done: each epoch is followed by validation on `val` (if any) and a
+/// Trains `trainer` on `train` of `data` until `until` epochs (at most its
+/// configured number) are done: each epoch is followed by validation on
+/// `val` of `val_data` (if any) and a
 /// checkpoint at `checkpoint`, so a killed (or stopped) run resumes from the
 /// last finished epoch. `on_batch` sees the progress within an epoch,
 /// `on_epoch` each result.
 #[allow(clippy::too_many_arguments)]
 pub fn run_epochs(
     trainer: &mut Trainer,
-    data: &Arc<Dataset>,
-    train: &[usize],
-    val: &[usize],
+    (data, train): (&Arc<Dataset>, &[usize]),
+    (val_data, val): (&Arc<Dataset>, &[usize]),
     objective: &dyn Objective,
     checkpoint: &Path,
     until: usize,
@@ -498,7 +498,7 @@ pub fn run_epochs(
         let epoch = trainer.epochs_done() + 1;
         trainer.train_epoch(data, train, objective, |p| on_batch(epoch, p))?;
         if !val.is_empty() {
-            let eval = trainer.evaluate(data, val)?;
+            let eval = trainer.evaluate(val_data, val)?;
             trainer.record_validation(&eval);
         }
         trainer.save_checkpoint(checkpoint)?;

@@ -338,3 +338,44 @@ fn invalid_plans_are_rejected() {
     )
     .contains("std"));
 }
+
+#[test]
+fn augmented_views_keep_view_zero_and_labels_and_are_deterministic() {
+    let ds = toy(5, 6);
+    let aug = Augment {
+        shift: 2,
+        hflip: 0.5,
+        ..Augment::default()
+    };
+    let idx = [4, 0, 2];
+    let v = augmented_views(&ds, &idx, &aug, 3, 9).unwrap();
+    assert_eq!(v.len(), 9);
+    assert_eq!(v.labels.len(), 9);
+    for (k, &i) in idx.iter().enumerate() {
+        assert_eq!(v.image(k), ds.image(i), "view 0 is the original");
+        for view in 0..3 {
+            assert_eq!(v.labels[view * 3 + k], ds.labels[i]);
+        }
+    }
+    assert!(
+        (3..9).any(|k| v.image(k) != ds.image(idx[k % 3])),
+        "views 1 and 2 are augmented"
+    );
+    let again = augmented_views(&ds, &idx, &aug, 3, 9).unwrap();
+    assert_eq!(v, again);
+    let other = augmented_views(&ds, &idx, &aug, 3, 10).unwrap();
+    assert_ne!(v.images, other.images, "the seed picks the views");
+    // Each copy is a shifted (and maybe mirrored) original: same pixel sum
+    // or less (pixels shifted out), never new bright pixels.
+    for k in 3..9 {
+        let src: u32 = ds.image(idx[k % 3]).iter().map(|&p| u32::from(p)).sum();
+        let got: u32 = v.image(k).iter().map(|&p| u32::from(p)).sum();
+        assert!(got <= src);
+    }
+    let noisy = Augment {
+        noise_std: 0.1,
+        ..Augment::default()
+    };
+    assert!(augmented_views(&ds, &idx, &noisy, 2, 0).is_err());
+    assert!(augmented_views(&ds, &[5], &aug, 2, 0).is_err());
+}
