@@ -11,7 +11,7 @@ use tinykd::train::model::ModelSpec;
 
 mod commands;
 use commands::evaluate::{eval, EvalArgs};
-use commands::training::{distill, train, DistillArgs, TrainArgs};
+use commands::training::{distill, sweep, train, DistillArgs, SweepArgs, TrainArgs};
 
 #[derive(Parser)]
 #[command(
@@ -68,6 +68,11 @@ enum Command {
         after_help = "Examples:\n  tinykd distill --teacher models/teachers/cnn.onnx --student models/students/mlp-40.toml --recipe models/recipes/kd.toml --out build/student.onnx\n  tinykd distill --teacher a.onnx --teacher b.onnx --teacher-weights 2,1 --student s.toml --method hinton --temperature 4 --alpha 0.9 --epochs 30 --out s.onnx --json\n  tinykd distill ... --resume   # continue a killed run from OUT.ckpt\n\nTeacher logits over the training images are computed once and cached in build/teacher-cache/\n(keyed by the teacher's and the data's sha256) unless the recipe sets teacher_view = \"live\"."
     )]
     Distill(DistillArgs),
+    /// Search temperature and α on the validation split; write the best recipe.
+    #[command(
+        after_help = "Examples:\n  tinykd sweep --teacher models/teachers/cnn.onnx --student models/students/mlp-40.toml --epochs 5 --out build/best.toml\n  tinykd sweep --teacher t.onnx --student s.toml --recipe models/recipes/views.toml --temperatures 1,2,4 --alphas 0.5,0.9 --out best.toml --json\n\nEvery trial trains from the same seed on the same cached teacher logits; the test set is not used."
+    )]
+    Sweep(SweepArgs),
     /// Export trained weights (.safetensors from `tinykd train`) as ONNX.
     #[command(
         after_help = "Examples:\n  tinykd export build/teacher/cnn.safetensors --out models/teachers/cnn.onnx\n\nThe file gets Fashion-MNIST's class labels and input normalisation as metadata;\nevery initializer is 16-byte aligned so the runtime can run it in place."
@@ -404,6 +409,7 @@ fn main() -> Result<()> {
         Command::Inspect { model, json } => inspect(&model, json),
         Command::Train(args) => train(&args),
         Command::Distill(args) => distill(&args),
+        Command::Sweep(args) => sweep(&args),
         Command::Eval(args) => eval(&args),
         Command::Export { weights, out } => export(&weights, &out),
         Command::Infer {

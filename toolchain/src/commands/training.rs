@@ -386,6 +386,94 @@ fn recipe_of(a: &DistillArgs) -> Result<Recipe> {
     Ok(r)
 }
 
+/// The teachers as an ensemble, and their sha256s joined by commas.
+fn load_ensemble(
+    paths: &[PathBuf],
+    weights: &[f32],
+    mode: EnsembleMode,
+) -> Result<(Ensemble, String)> {
+    let weights = if weights.is_empty() {
+        vec![1.0; paths.len()]
+    } else if weights.len() == paths.len() {
+        weights.to_vec()
+    } else {
+        bail!(
+            "--teacher-weights has {} values for {} teachers",
+            weights.len(),
+            paths.len()
+        );
+    };
+    let members = paths
+        .iter()
+        .zip(weights)
+        .map(|(p, w)| Ok((Teacher::load(p)?, w)))
+        .collect::<Result<Vec<_>>>()?;
+    let ensemble = Ensemble::new(members, mode)?;
+    let shas = ensemble
+        .members()
+        .iter()
+        .map(|(t, _)| t.sha256().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok((ensemble, shas))
+}
+
+/// Replaces the transfer set by the recipe's augmented views, if it asks for them.
+fn apply_transfer(recipe: &Recipe, data: &mut Data) -> Result<()> {
+    if recipe.transfer.views > 1 {
+        let views = augmented_views(
+            &data.train,
+            &data.split.train,
+            &recipe.transfer.augment,
+            recipe.transfer.views,
+            recipe.transfer.seed,
+        )?;
+        data.transfer_idx = (0..views.len()).collect();
+        data.transfer = Arc::new(views);
+    }
+    Ok(())
+}
+
+/// The teachers' outputs the recipe needs: none, live, or logits over the
+/// transfer set computed once and cached in `cache_dir`.
+fn teacher_targets(
+    recipe: &Recipe,
+    ensemble: &Ensemble,
+    data: &Data,
+    cache_dir: &Path,
+    quiet: bool,
+) -> Result<Targets> {
+    Ok(match (recipe.method, recipe.teacher_view) {
+        (Method::Scratch, _) => Targets::None,
+        (_, TeacherView::Live) => Targets::Live,
+        (_, TeacherView::Cached) => {
+            let bar = indicatif::ProgressBar::new(0);
+            if quiet {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            bar.set_style(indicatif::ProgressStyle::with_template(
+                "teacher {prefix} [{bar:30}] {pos}/{len} images",
+            )?);
+            let logits = ensemble.cached_logits(
+                &data.transfer,
+                &data.transfer_idx,
+                Normalization::default(),
+                cache_dir,
+                |m, done, total| {
+                    bar.set_prefix(format!("{}", m + 1));
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                },
+            )?;
+            bar.finish_and_clear();
+            for w in logits.iter().flat_map(|l| &l.warnings) {
+                eprintln!("warning: {w}");
+            }
+            Targets::Cached(logits)
+        }
+    })
+}
+
 /// `tinykd distill`.
 pub fn distill(a: &DistillArgs) -> Result<()> {
     let ckpt = checkpoint_path(&a.run.out);
@@ -404,30 +492,7 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
         }
         None => recipe_of(a)?,
     };
-    let weights = if a.teacher_weights.is_empty() {
-        vec![1.0; a.teachers.len()]
-    } else if a.teacher_weights.len() == a.teachers.len() {
-        a.teacher_weights.clone()
-    } else {
-        bail!(
-            "--teacher-weights has {} values for {} teachers",
-            a.teacher_weights.len(),
-            a.teachers.len()
-        );
-    };
-    let members = a
-        .teachers
-        .iter()
-        .zip(weights)
-        .map(|(p, w)| Ok((Teacher::load(p)?, w)))
-        .collect::<Result<Vec<_>>>()?;
-    let ensemble = Ensemble::new(members, recipe.ensemble)?;
-    let shas = ensemble
-        .members()
-        .iter()
-        .map(|(t, _)| t.sha256().to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let (ensemble, shas) = load_ensemble(&a.teachers, &a.teacher_weights, recipe.ensemble)?;
     let mut trainer = match resumed {
         Some(t) => {
             if t.tag("teachers").is_some_and(|s| s != shas) {
@@ -448,47 +513,9 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
     };
     let mut data = load_data(&a.run, trainer.config().seed)?;
     ensemble.check_classes(data.train.classes)?;
-    if recipe.transfer.views > 1 {
-        let views = augmented_views(
-            &data.train,
-            &data.split.train,
-            &recipe.transfer.augment,
-            recipe.transfer.views,
-            trainer.config().seed,
-        )?;
-        data.transfer_idx = (0..views.len()).collect();
-        data.transfer = Arc::new(views);
-    }
+    apply_transfer(&recipe, &mut data)?;
     let norm = Normalization::default();
-    let targets = match (recipe.method, recipe.teacher_view) {
-        (Method::Scratch, _) => Targets::None,
-        (_, TeacherView::Live) => Targets::Live,
-        (_, TeacherView::Cached) => {
-            let bar = indicatif::ProgressBar::new(0);
-            if a.run.json {
-                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-            }
-            bar.set_style(indicatif::ProgressStyle::with_template(
-                "teacher {prefix} [{bar:30}] {pos}/{len} images",
-            )?);
-            let logits = ensemble.cached_logits(
-                &data.transfer,
-                &data.transfer_idx,
-                norm,
-                &a.cache_dir,
-                |m, done, total| {
-                    bar.set_prefix(format!("{}", m + 1));
-                    bar.set_length(total as u64);
-                    bar.set_position(done as u64);
-                },
-            )?;
-            bar.finish_and_clear();
-            for w in logits.iter().flat_map(|l| &l.warnings) {
-                eprintln!("warning: {w}");
-            }
-            Targets::Cached(logits)
-        }
-    };
+    let targets = teacher_targets(&recipe, &ensemble, &data, &a.cache_dir, a.run.json)?;
     let objective = Distiller::new(&recipe, Some(&ensemble), targets, norm)
         .map_err(|e| anyhow::anyhow!("distill: {e}"))?;
     let Some(test) = fit(&mut trainer, &data, &objective, &a.run)? else {
@@ -511,4 +538,152 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
         &a.run,
         serde_json::json!({"recipe": recipe, "teachers": teachers}),
     )
+}
+
+/// Options of `tinykd sweep`.
+#[derive(clap::Args)]
+pub struct SweepArgs {
+    /// A teacher (any ONNX classifier); repeat for an ensemble.
+    #[arg(long = "teacher", required = true)]
+    teachers: Vec<PathBuf>,
+    /// Ensemble weights, one per teacher (default: equal).
+    #[arg(long, value_delimiter = ',')]
+    teacher_weights: Vec<f32>,
+    /// The student: a spec file (TOML) or a built-in spec.
+    #[arg(long)]
+    student: String,
+    /// The recipe whose temperature and α are searched (default: Hinton KD).
+    #[arg(long)]
+    recipe: Option<PathBuf>,
+    /// Temperatures to try.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    temperatures: Vec<f64>,
+    /// α values to try.
+    #[arg(long, value_delimiter = ',', default_value = "0.1,0.5,0.9")]
+    alphas: Vec<f64>,
+    /// Epochs per trial (default: the recipe's).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Seed of every trial.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where teacher logits are cached.
+    #[arg(long, default_value = "build/teacher-cache")]
+    cache_dir: PathBuf,
+    /// Training images held out for validation (the sweep's score).
+    #[arg(long, default_value_t = 5000)]
+    val: usize,
+    /// Train on only this many of the remaining training images.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Fashion-MNIST folder.
+    #[arg(long, default_value = tinykd::data::DEFAULT_DIR)]
+    data_dir: PathBuf,
+    /// Where to write the winning recipe (TOML).
+    #[arg(long)]
+    out: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `tinykd sweep`: a grid over temperature and α, scored on the
+/// validation split (never the test set); writes the best recipe.
+pub fn sweep(a: &SweepArgs) -> Result<()> {
+    let mut base = match &a.recipe {
+        Some(p) => Recipe::from_toml_file(p)?,
+        None => Recipe::default(),
+    };
+    if base.method == Method::Scratch {
+        bail!("sweep: the recipe's method is scratch, which has no temperature or α");
+    }
+    base.fit.epochs = a.epochs.unwrap_or(base.fit.epochs);
+    base.fit.seed = a.seed;
+    let (ensemble, shas) = load_ensemble(&a.teachers, &a.teacher_weights, base.ensemble)?;
+    let run = RunArgs {
+        out: a.out.with_extension("trial.safetensors"),
+        val: a.val,
+        limit: a.limit,
+        data_dir: a.data_dir.clone(),
+        resume: false,
+        stop_after: None,
+        json: true,
+    };
+    let mut data = load_data(&run, base.fit.seed)?;
+    if data.split.val.is_empty() {
+        bail!("sweep: --val 0 leaves nothing to score the trials on");
+    }
+    ensemble.check_classes(data.train.classes)?;
+    apply_transfer(&base, &mut data)?;
+    let targets = teacher_targets(&base, &ensemble, &data, &a.cache_dir, a.json)?;
+    let spec = load_spec(&a.student)?;
+    let mut trials = Vec::new();
+    for &temperature in &a.temperatures {
+        for &alpha in &a.alphas {
+            let recipe = Recipe {
+                temperature,
+                alpha,
+                ..base.clone()
+            };
+            recipe.check().map_err(|e| anyhow::anyhow!("sweep: {e}"))?;
+            let targets = match &targets {
+                Targets::Cached(l) => Targets::Cached(l.clone()),
+                Targets::Live => Targets::Live,
+                Targets::None => Targets::None,
+            };
+            let objective =
+                Distiller::new(&recipe, Some(&ensemble), targets, Normalization::default())
+                    .map_err(|e| anyhow::anyhow!("sweep: {e}"))?;
+            let mut trainer = Trainer::new(spec.clone(), recipe.fit.clone())?;
+            let start = std::time::Instant::now();
+            run_epochs(
+                &mut trainer,
+                (&data.transfer, &data.transfer_idx),
+                (&data.train, &[]),
+                &objective,
+                &checkpoint_path(&run.out),
+                usize::MAX,
+                |_, _| {},
+                |_| {},
+            )?;
+            let val = trainer.evaluate(&data.train, &data.split.val)?;
+            if !a.json {
+                eprintln!(
+                    "T = {temperature:<4} α = {alpha:<4}: validation {:.2}% ({:.0} s)",
+                    100.0 * val.accuracy,
+                    start.elapsed().as_secs_f64()
+                );
+            }
+            trials.push((recipe, val.accuracy));
+        }
+    }
+    std::fs::remove_file(checkpoint_path(&run.out)).ok();
+    let (best, acc) = trials
+        .iter()
+        .max_by(|x, y| x.1.total_cmp(&y.1))
+        .context("sweep: no trials (empty --temperatures or --alphas)")?;
+    let text = format!(
+        "# Chosen by `tinykd sweep` on the validation split ({:.2}%),\n# teacher sha256 {shas}, student {}.\n{}",
+        100.0 * acc,
+        spec.name,
+        best.to_toml()
+    );
+    tinykd::tensor_file::write_atomically(&a.out, text.as_bytes())?;
+    if a.json {
+        let rows: Vec<_> = trials
+            .iter()
+            .map(|(r, v)| serde_json::json!({"temperature": r.temperature, "alpha": r.alpha, "val_accuracy": v}))
+            .collect();
+        let out = serde_json::json!({"trials": rows, "best": {"temperature": best.temperature, "alpha": best.alpha, "val_accuracy": acc}, "recipe": a.out});
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "best: T = {}, α = {} ({:.2}% on validation); recipe written to {}",
+            best.temperature,
+            best.alpha,
+            100.0 * acc,
+            a.out.display()
+        );
+    }
+    Ok(())
 }

@@ -82,6 +82,9 @@ pub struct Transfer {
     pub views: usize,
     /// Shifts, crops and flips that make the copies.
     pub augment: Augment,
+    /// Seed of the copies: fixed apart from the run's seed, so that runs
+    /// with other seeds share one cached teacher pass.
+    pub seed: u64,
 }
 
 impl Default for Transfer {
@@ -89,6 +92,7 @@ impl Default for Transfer {
         Self {
             views: 1,
             augment: Augment::default(),
+            seed: 0,
         }
     }
 }

@@ -1,0 +1,127 @@
+"""Distillation results on full Fashion-MNIST (60k/10k), 3 seeds each:
+the shipped teacher, and for each student scratch vs Hinton KD vs logit
+matching vs KD on an unlabeled transfer set vs KD on fixed augmented views.
+Every run is one `tinykd distill --json` (kept in build/results/ and reused
+when present, so an interrupted run continues); the Markdown table goes into
+docs/results.md, section "Distillation". This is what `make results` runs.
+
+    python3 scripts/kd_results.py [--tinykd target/release/tinykd] [--seeds 0,1,2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+TEACHER = "models/teachers/cnn.onnx"
+# (student spec, label, recipe, extra flags)
+RUNS = [
+    ("models/students/mlp-40.toml", "scratch", "models/recipes/scratch.toml", []),
+    ("models/students/mlp-40.toml", "scratch + shifts/flips", "models/recipes/scratch.toml",
+     ["--shift", "2", "--hflip", "0.5"]),
+    ("models/students/mlp-40.toml", "Hinton KD (T=4, α=0.9)", "models/recipes/kd.toml", []),
+    ("models/students/mlp-40.toml", "logit matching (MSE)", "models/recipes/mse.toml", []),
+    ("models/students/mlp-40.toml", "KD, unlabeled transfer set", "models/recipes/unlabeled.toml", []),
+    ("models/students/mlp-40.toml", "KD on 4 fixed augmented views", "models/recipes/views.toml",
+     ["--epochs", "10"]),
+    ("models/students/ds-cnn.toml", "scratch", "models/recipes/scratch.toml", ["--epochs", "10"]),
+    ("models/students/ds-cnn.toml", "Hinton KD (T=4, α=0.9)", "models/recipes/kd.toml", ["--epochs", "10"]),
+    ("models/students/ds-cnn.toml", "logit matching (MSE)", "models/recipes/mse.toml", ["--epochs", "10"]),
+    ("models/students/ds-cnn.toml", "KD, unlabeled transfer set", "models/recipes/unlabeled.toml",
+     ["--epochs", "10"]),
+]
+
+
+def run(tinykd: str, args: list[str], out_json: str) -> dict:
+    if os.path.exists(out_json):
+        with open(out_json) as f:
+            return json.load(f)
+    print("+", tinykd, " ".join(args), file=sys.stderr, flush=True)
+    res = subprocess.run([tinykd, *args, "--json"], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(args)}\n{res.stderr}")
+    tmp = out_json + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(res.stdout)
+    os.replace(tmp, out_json)
+    return json.loads(res.stdout)
+
+
+def slug(*parts: str) -> str:
+    return "-".join("".join(c if c.isalnum() else "_" for c in p) for p in parts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tinykd", default="target/release/tinykd")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--out", default="build/results")
+    ap.add_argument("--doc", default="docs/results.md")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    seeds = [int(s) for s in args.seeds.split(",")]
+
+    teacher = run(args.tinykd, ["eval", TEACHER, "--engine", "tract"],
+                  os.path.join(args.out, "teacher-eval.json"))
+    inspect = json.loads(subprocess.run([args.tinykd, "inspect", TEACHER, "--json"],
+                                        capture_output=True, text=True, check=True).stdout)
+    t_params = inspect["parameters"]
+
+    rows, scratch = [], {}
+    for student, label, recipe, extra in RUNS:
+        accs, secs, params = [], [], None
+        for seed in seeds:
+            name = slug(os.path.basename(student), label, str(seed))
+            out = os.path.join(args.out, name)
+            r = run(args.tinykd, ["distill", "--teacher", TEACHER, "--student", student,
+                                  "--recipe", recipe, "--seed", str(seed), *extra,
+                                  "--out", out + ".onnx"], out + ".json")
+            accs.append(100 * r["test"]["accuracy"])
+            secs.extend(h["seconds"] for h in r["history"])
+            params = r["parameters"]
+            epochs = len(r["history"])
+        mean = statistics.mean(accs)
+        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        if label == "scratch":
+            scratch[student] = mean
+        delta = mean - scratch.get(student, mean)
+        rows.append(f"| {os.path.basename(student)} | {params:,} (1/{t_params / params:.0f}) | {label} "
+                    f"| {epochs} | {mean:.2f} ± {std:.2f} | {delta:+.2f} | {statistics.mean(secs):.1f} |")
+
+    table = "\n".join([
+        f"Teacher `{TEACHER}`: {t_params:,} parameters, test accuracy "
+        f"{100 * teacher['accuracy']:.2f} % (tract; the tinykd runtime gives the same argmax).",
+        "",
+        f"| student | parameters (of teacher) | method | epochs | test accuracy % (mean ± std, seeds {args.seeds}) "
+        "| vs scratch (points) | s / epoch |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
+        *rows,
+    ])
+    print(table)
+    write_section(args.doc, "Distillation", table)
+
+
+def write_section(path: str, title: str, body: str) -> None:
+    text = open(path).read() if os.path.exists(path) else "# Results\n"
+    header = f"## {title}\n"
+    intro = ("Regenerated by `make results` (`scripts/kd_results.py`): full Fashion-MNIST, "
+             "55k training / 5k validation / 10k test images, one `tinykd distill` per cell and seed.\n\n")
+    section = f"{header}\n{intro}{body}\n"
+    start = text.find(header)
+    if start < 0:
+        text = text.rstrip() + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(header))
+        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    main()
