@@ -159,9 +159,19 @@ impl Report {
             ),
         );
         for (k, v) in &self.metadata {
-            row(&mut s, &format!("meta {k}"), v.clone());
+            row(&mut s, &format!("meta {k}"), one_line(v, 100));
         }
         s
+    }
+}
+
+/// `text` on one line (newlines become "; "), cut to `max` characters with
+/// an ellipsis; `--json` shows the whole value.
+fn one_line(text: &str, max: usize) -> String {
+    let flat = text.trim().replace('\n', "; ");
+    match flat.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &flat[..cut]),
+        None => flat,
     }
 }
 

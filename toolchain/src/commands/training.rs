@@ -111,9 +111,9 @@ pub struct TrainArgs {
     run: RunArgs,
 }
 
-/// Options of `tinykd distill`.
+/// The teachers and the student, shared by `distill` and `sweep`.
 #[derive(clap::Args)]
-pub struct DistillArgs {
+pub struct PairArgs {
     /// A teacher (any ONNX classifier); repeat for an ensemble.
     #[arg(long = "teacher", required = true)]
     teachers: Vec<PathBuf>,
@@ -123,9 +123,19 @@ pub struct DistillArgs {
     /// The student: a spec file (TOML) or a built-in spec.
     #[arg(long)]
     student: String,
-    /// A recipe (TOML); flags override its values.
+    /// A recipe (TOML); flags override its values (`sweep` searches its T and α).
     #[arg(long)]
     recipe: Option<PathBuf>,
+    /// Where teacher logits are cached.
+    #[arg(long, default_value = "build/teacher-cache")]
+    cache_dir: PathBuf,
+}
+
+/// Options of `tinykd distill`.
+#[derive(clap::Args)]
+pub struct DistillArgs {
+    #[command(flatten)]
+    pair: PairArgs,
     /// Loss.
     #[arg(long, value_enum)]
     method: Option<Method>,
@@ -147,9 +157,6 @@ pub struct DistillArgs {
     /// How several teachers' distributions are combined.
     #[arg(long, value_enum)]
     ensemble: Option<EnsembleMode>,
-    /// Where teacher logits are cached.
-    #[arg(long, default_value = "build/teacher-cache")]
-    cache_dir: PathBuf,
     #[command(flatten)]
     fit: FitArgs,
     #[command(flatten)]
@@ -370,7 +377,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
 
 /// The recipe from the file and flags.
 fn recipe_of(a: &DistillArgs) -> Result<Recipe> {
-    let mut r = match &a.recipe {
+    let mut r = match &a.pair.recipe {
         Some(p) => Recipe::from_toml_file(p)?,
         None => Recipe::default(),
     };
@@ -492,7 +499,8 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
         }
         None => recipe_of(a)?,
     };
-    let (ensemble, shas) = load_ensemble(&a.teachers, &a.teacher_weights, recipe.ensemble)?;
+    let (ensemble, shas) =
+        load_ensemble(&a.pair.teachers, &a.pair.teacher_weights, recipe.ensemble)?;
     let mut trainer = match resumed {
         Some(t) => {
             if t.tag("teachers").is_some_and(|s| s != shas) {
@@ -505,7 +513,7 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
             t
         }
         None => {
-            let mut t = Trainer::new(load_spec(&a.student)?, recipe.fit.clone())?;
+            let mut t = Trainer::new(load_spec(&a.pair.student)?, recipe.fit.clone())?;
             t.set_tag("recipe", recipe.to_toml());
             t.set_tag("teachers", shas.clone());
             t
@@ -515,7 +523,7 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
     ensemble.check_classes(data.train.classes)?;
     apply_transfer(&recipe, &mut data)?;
     let norm = Normalization::default();
-    let targets = teacher_targets(&recipe, &ensemble, &data, &a.cache_dir, a.run.json)?;
+    let targets = teacher_targets(&recipe, &ensemble, &data, &a.pair.cache_dir, a.run.json)?;
     let objective = Distiller::new(&recipe, Some(&ensemble), targets, norm)
         .map_err(|e| anyhow::anyhow!("distill: {e}"))?;
     let Some(test) = fit(&mut trainer, &data, &objective, &a.run)? else {
@@ -543,18 +551,8 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
 /// Options of `tinykd sweep`.
 #[derive(clap::Args)]
 pub struct SweepArgs {
-    /// A teacher (any ONNX classifier); repeat for an ensemble.
-    #[arg(long = "teacher", required = true)]
-    teachers: Vec<PathBuf>,
-    /// Ensemble weights, one per teacher (default: equal).
-    #[arg(long, value_delimiter = ',')]
-    teacher_weights: Vec<f32>,
-    /// The student: a spec file (TOML) or a built-in spec.
-    #[arg(long)]
-    student: String,
-    /// The recipe whose temperature and α are searched (default: Hinton KD).
-    #[arg(long)]
-    recipe: Option<PathBuf>,
+    #[command(flatten)]
+    pair: PairArgs,
     /// Temperatures to try.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
     temperatures: Vec<f64>,
@@ -567,9 +565,6 @@ pub struct SweepArgs {
     /// Seed of every trial.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Where teacher logits are cached.
-    #[arg(long, default_value = "build/teacher-cache")]
-    cache_dir: PathBuf,
     /// Training images held out for validation (the sweep's score).
     #[arg(long, default_value_t = 5000)]
     val: usize,
@@ -590,7 +585,7 @@ pub struct SweepArgs {
 /// `tinykd sweep`: a grid over temperature and α, scored on the
 /// validation split (never the test set); writes the best recipe.
 pub fn sweep(a: &SweepArgs) -> Result<()> {
-    let mut base = match &a.recipe {
+    let mut base = match &a.pair.recipe {
         Some(p) => Recipe::from_toml_file(p)?,
         None => Recipe::default(),
     };
@@ -599,7 +594,7 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
     }
     base.fit.epochs = a.epochs.unwrap_or(base.fit.epochs);
     base.fit.seed = a.seed;
-    let (ensemble, shas) = load_ensemble(&a.teachers, &a.teacher_weights, base.ensemble)?;
+    let (ensemble, shas) = load_ensemble(&a.pair.teachers, &a.pair.teacher_weights, base.ensemble)?;
     let run = RunArgs {
         out: a.out.with_extension("trial.safetensors"),
         val: a.val,
@@ -615,8 +610,8 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
     }
     ensemble.check_classes(data.train.classes)?;
     apply_transfer(&base, &mut data)?;
-    let targets = teacher_targets(&base, &ensemble, &data, &a.cache_dir, a.json)?;
-    let spec = load_spec(&a.student)?;
+    let targets = teacher_targets(&base, &ensemble, &data, &a.pair.cache_dir, a.json)?;
+    let spec = load_spec(&a.pair.student)?;
     let mut trials = Vec::new();
     for &temperature in &a.temperatures {
         for &alpha in &a.alphas {

@@ -61,7 +61,6 @@ pub(crate) struct Lowered {
 
 /// Checks `params` against `spec` and lowers every layer.
 pub(crate) fn lower(spec: &ModelSpec, params: &[(String, Tensor)]) -> Result<Lowered, ExportError> {
-    spec.cost()?; // the spec's own consistency checks, with its messages
     let unsupported = |layer: usize, reason: String| ExportError::Unsupported {
         model: spec.name.clone(),
         layer,
@@ -76,62 +75,48 @@ pub(crate) fn lower(spec: &ModelSpec, params: &[(String, Tensor)]) -> Result<Low
             });
         }
     }
+    // The spec's own shape walk (with its checks and messages) gives each
+    // layer's input shape; lowering only picks the ONNX op and its tensors.
+    let mut inputs = Vec::with_capacity(spec.layers.len());
+    let shape = spec.walk(|_, _, input, _| inputs.push(input.to_vec()))?;
     let mut steps = Vec::with_capacity(spec.layers.len());
-    let mut shape = spec.input.clone();
-    for (i, layer) in spec.layers.iter().enumerate() {
-        let (op, output) = match (layer, shape.as_slice()) {
-            (Layer::Dense { units }, &[features]) => {
-                let weight = take(&mut table, i, "weight", vec![*units, features])?;
-                let bias = take(&mut table, i, "bias", vec![*units])?;
-                (Op::Dense { weight, bias }, vec![*units])
+    for (i, (layer, input)) in spec.layers.iter().zip(&inputs).enumerate() {
+        let op = match layer {
+            Layer::Dense { units } => Op::Dense {
+                weight: take(&mut table, i, "weight", vec![*units, input[0]])?,
+                bias: take(&mut table, i, "bias", vec![*units])?,
+            },
+            Layer::Conv {
+                kernel,
+                stride,
+                padding,
+                ..
             }
-            (
-                Layer::Conv {
-                    kernel,
-                    stride,
-                    padding,
-                    ..
-                }
-                | Layer::Depthwise {
-                    kernel,
-                    stride,
-                    padding,
-                },
-                &[c, h, w],
-            ) => {
+            | Layer::Depthwise {
+                kernel,
+                stride,
+                padding,
+            } => {
+                let c = input[0];
                 let (filters, per_filter, groups) = match layer {
                     Layer::Conv { filters, .. } => (*filters, c, 1),
                     _ => (c, 1, c),
                 };
-                let (k, s, p) = (*kernel, *stride, *padding);
-                let weight = take(&mut table, i, "weight", vec![filters, per_filter, k, k])?;
-                let bias = take(&mut table, i, "bias", vec![filters])?;
-                // `spec.cost()` checked that the kernel fits and the stride is not 0.
-                let out = |d: usize| (d + 2 * p - k) / s + 1;
-                let op = Op::Conv {
-                    weight,
-                    bias,
+                let k = *kernel;
+                Op::Conv {
+                    weight: take(&mut table, i, "weight", vec![filters, per_filter, k, k])?,
+                    bias: take(&mut table, i, "bias", vec![filters])?,
                     kernel: k,
-                    stride: s,
-                    padding: p,
+                    stride: *stride,
+                    padding: *padding,
                     groups,
-                };
-                (op, vec![filters, out(h), out(w)])
+                }
             }
-            (Layer::MaxPool { size }, &[c, h, w]) => {
-                (Op::MaxPool { size: *size }, vec![c, h / size, w / size])
-            }
-            (Layer::GlobalAvgPool, &[c, _, _]) => (Op::GlobalAvgPool, vec![c]),
-            (Layer::Relu, s) => (Op::Relu, s.to_vec()),
-            (Layer::Flatten, s) => (Op::Flatten, vec![s.iter().product()]),
-            (layer, s) => {
-                return Err(unsupported(
-                    i,
-                    format!("{layer:?} does not apply to an input of shape {s:?}"),
-                ))
-            }
+            Layer::MaxPool { size } => Op::MaxPool { size: *size },
+            Layer::GlobalAvgPool => Op::GlobalAvgPool,
+            Layer::Relu => Op::Relu,
+            Layer::Flatten => Op::Flatten,
         };
-        shape = output;
         steps.push(Step { layer: i, op });
     }
     let mut unused: Vec<&str> = table.into_keys().collect();

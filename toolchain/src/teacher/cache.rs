@@ -262,6 +262,22 @@ pub fn merge_shards(
     Ok(logits)
 }
 
+/// The metadata that says which cache (or shard) a file is: written with
+/// it, and required to match when it is read back.
+fn identity(key: &CacheKey, part: Part) -> [(&'static str, String); 8] {
+    let range = part.range(key.total);
+    [
+        ("format", FORMAT.to_string()),
+        ("teacher_sha256", key.teacher_sha256.clone()),
+        ("data_sha256", key.data_sha256.clone()),
+        ("classes", key.classes.to_string()),
+        ("total", key.total.to_string()),
+        ("shard", part.label()),
+        ("start", range.start.to_string()),
+        ("end", range.end.to_string()),
+    ]
+}
+
 /// Reads a cache file: `Ok(None)` if there is none, `Err(reason)` if it
 /// exists but does not match `key`, `part` and `indices` in every respect.
 fn read(
@@ -279,18 +295,7 @@ fn read(
         .map_err(|e| format!("not a readable safetensors file ({e})"))?;
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| e.to_string())?;
     let meta = header.metadata().clone().unwrap_or_default();
-    let range = part.range(key.total);
-    let expect = [
-        ("format", FORMAT.to_string()),
-        ("teacher_sha256", key.teacher_sha256.clone()),
-        ("data_sha256", key.data_sha256.clone()),
-        ("classes", key.classes.to_string()),
-        ("total", key.total.to_string()),
-        ("shard", part.label()),
-        ("start", range.start.to_string()),
-        ("end", range.end.to_string()),
-    ];
-    for (field, want) in expect {
+    for (field, want) in identity(key, part) {
         match meta.get(field) {
             Some(got) if *got == want => {}
             Some(got) => return Err(format!("its {field} is {got}, expected {want}")),
@@ -350,22 +355,14 @@ fn write(
         .iter()
         .flat_map(|&i| (i as i64).to_le_bytes())
         .collect();
-    let range = part.range(key.total);
-    let meta: HashMap<String, String> = [
-        ("format", FORMAT.to_string()),
-        ("teacher_sha256", key.teacher_sha256.clone()),
-        ("data_sha256", key.data_sha256.clone()),
-        ("classes", key.classes.to_string()),
-        ("total", key.total.to_string()),
-        ("shard", part.label()),
-        ("start", range.start.to_string()),
-        ("end", range.end.to_string()),
-        ("logits_sha256", hex(&Sha256::digest(&value_bytes))),
-        ("teacher", key.teacher_name.clone()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let meta: HashMap<String, String> = identity(key, part)
+        .into_iter()
+        .chain([
+            ("logits_sha256", hex(&Sha256::digest(&value_bytes))),
+            ("teacher", key.teacher_name.clone()),
+        ])
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     let view = |dtype, shape, data| {
         safetensors::tensor::TensorView::new(dtype, shape, data)
             .map_err(|e| cache_err(path.into(), e.to_string()))

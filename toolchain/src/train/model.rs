@@ -208,8 +208,9 @@ impl ModelSpec {
     }
 
     /// Walks the layers with shape inference, calling `visit(index, layer,
-    /// input shape, output shape)`; fails on an inconsistent spec.
-    fn walk(
+    /// input shape, output shape)`; fails on an inconsistent spec, else
+    /// returns the final output shape.
+    pub fn walk(
         &self,
         mut visit: impl FnMut(usize, &Layer, &[usize], &[usize]),
     ) -> Result<Vec<usize>, ModelError> {
