@@ -57,7 +57,7 @@ demo: build
 	$(TINYKD) distill --teacher $(TEACHER) --student models/students/mlp-40.toml \
 		--recipe models/recipes/demo.toml --out $(DEMO_OUT)/student.onnx
 	$(TINYKD) inspect $(DEMO_OUT)/student.onnx
-	$(TINYKD) eval $(DEMO_OUT)/student.onnx --engine tinykd
+	$(TINYKD) eval $(DEMO_OUT)/student.onnx --engine tinykd --confusion-png $(DEMO_OUT)/confusion.png
 	$(TINYKD) infer $(DEMO_OUT)/student.onnx --input models/demo/sample_0.npy --output $(DEMO_OUT)/sample_0_logits.npy
 
 # Regenerates the shipped teacher, models/teachers/cnn.onnx (about 30

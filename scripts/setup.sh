@@ -10,6 +10,7 @@ DEB_PACKAGES=(
   gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
   gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
   dataset-fashion-mnist python3-venv
+  fonts-dejavu-core
 )
 RUST_TARGETS=(
   aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf riscv64gc-unknown-linux-gnu

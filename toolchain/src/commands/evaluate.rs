@@ -29,6 +29,9 @@ pub struct EvalArgs {
     /// Fashion-MNIST folder.
     #[arg(long, default_value = tinykd::data::DEFAULT_DIR)]
     data_dir: PathBuf,
+    /// Also draw the confusion matrix into this PNG.
+    #[arg(long)]
+    confusion_png: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -52,6 +55,13 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
         data = data.subset(&(0..n).collect::<Vec<_>>())?;
     }
     let r = tinykd::eval::evaluate(&a.model, &data, a.engine, a.batch)?;
+    if let Some(png) = &a.confusion_png {
+        let title = a
+            .model
+            .file_name()
+            .map_or(String::new(), |n| n.to_string_lossy().into_owned());
+        tinykd::report::confusion_png(png, &title, &r.confusion, &data.class_names)?;
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
@@ -69,6 +79,9 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
     println!("\nper class:");
     for (name, acc) in &r.per_class {
         println!("  {name:<12} {:6.2}%", 100.0 * acc);
+    }
+    if let Some(png) = &a.confusion_png {
+        println!("\nconfusion matrix drawn to {}", png.display());
     }
     println!("\nconfusion matrix (rows: true class, columns: predicted):");
     for (c, row) in r.confusion.iter().enumerate() {

@@ -309,6 +309,11 @@ fn write_model(trainer: &Trainer, out: &Path, data: &Data, meta: ExportMeta) -> 
     Ok(())
 }
 
+/// `OUT.curves.png` next to the output file.
+fn curves_path(out: &Path) -> PathBuf {
+    out.with_extension("curves.png")
+}
+
 fn report(
     trainer: &Trainer,
     test: &Evaluation,
@@ -316,6 +321,16 @@ fn report(
     extra: serde_json::Value,
 ) -> Result<()> {
     let cost = trainer.spec().cost()?;
+    // The model is already written: a chart that fails is a warning only.
+    let curves = curves_path(&run.out);
+    let title = format!("{} ({} parameters)", trainer.spec().name, cost.parameters);
+    let curves = match tinykd::report::training_curves_png(&curves, &title, trainer.history()) {
+        Ok(()) => Some(curves),
+        Err(e) => {
+            eprintln!("warning: no training-curve chart: {e}");
+            None
+        }
+    };
     if run.json {
         let mut summary = serde_json::json!({
             "model": trainer.spec().name,
@@ -325,6 +340,7 @@ fn report(
             "history": trainer.history(),
             "test": test,
             "out": run.out,
+            "curves_png": curves,
         });
         if let (Some(s), Some(e)) = (summary.as_object_mut(), extra.as_object()) {
             s.extend(e.clone());
@@ -332,12 +348,16 @@ fn report(
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         println!(
-            "test accuracy {:.2}% ({}/{}), loss {:.4}; model written to {}",
+            "test accuracy {:.2}% ({}/{}), loss {:.4}; model written to {}{}",
             100.0 * test.accuracy,
             test.correct,
             test.total,
             test.loss,
-            run.out.display()
+            run.out.display(),
+            curves.map_or(String::new(), |c| format!(
+                ", training curves to {}",
+                c.display()
+            ))
         );
     }
     Ok(())

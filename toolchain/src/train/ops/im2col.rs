@@ -1,7 +1,7 @@
 //! im2col / col2im on the phase-plane layout, and the GEMM kernels of the
 //! dense convolution built on them (forward, input and weight gradients).
 
-use super::cpu::{split, sum_parts, threads_for, Elem};
+use super::cpu::{split, sum, sum_parts, threads_for, Elem};
 use candle_core::{bail, Result};
 use gemm::Parallelism;
 use std::ops::Range;
@@ -460,20 +460,26 @@ pub fn forward<T: Elem + PartialOrd>(
                 (span, 1),
                 par,
             );
+            if ep.pool == 1 {
+                // Rows straight through (clamped), vectorised.
+                for (yc, src) in yi.chunks_exact_mut(ph * pw).zip(sc.wide.chunks_exact(span)) {
+                    for (yr, sr) in yc.chunks_exact_mut(pw).zip(src.chunks(p.wq)) {
+                        for (y, &v) in yr.iter_mut().zip(&sr[..pw]) {
+                            *y = if ep.relu && v <= T::ZERO { T::ZERO } else { v };
+                        }
+                    }
+                }
+                continue;
+            }
             with_pool(ep.pool, |kp| {
                 for c in 0..oc {
                     let plane = c * ph * pw..(c + 1) * ph * pw;
-                    let ic = if kp > 1 {
-                        &mut ii[plane.clone()]
-                    } else {
-                        &mut [][..]
-                    };
                     pool_plane(
                         &sc.wide[c * span..(c + 1) * span],
                         (p.wq, kp, pw),
                         ep.relu,
-                        &mut yi[plane],
-                        ic,
+                        &mut yi[plane.clone()],
+                        &mut ii[plane],
                     );
                 }
             });
@@ -516,31 +522,48 @@ pub fn backward<T: Elem + PartialOrd>(
         for (i, bi) in range.enumerate() {
             // The conv output's gradient, widened: each pooled gradient goes
             // to its window's winner, if the ReLU let it through.
-            sc.wide.fill(T::ZERO);
             let (gyi, yi) = (&gy[bi * out..][..out], &y[bi * out..][..out]);
-            with_pool(ep.pool, |kp| {
+            if ep.pool == 1 {
+                // Every kept pixel is written (masked values as zeros) and the
+                // dropped columns are never touched, so no fill is needed and
+                // the rows vectorise.
                 for (c, gbc) in gb.iter_mut().enumerate() {
+                    let plane = c * ph * pw..(c + 1) * ph * pw;
+                    let (g, yv) = (&gyi[plane.clone()], &yi[plane]);
                     let dst = &mut sc.wide[c * span..(c + 1) * span];
-                    let mut sum = T::ZERO;
-                    for py in 0..ph {
-                        for px in 0..pw {
-                            let o = (c * ph + py) * pw + px;
-                            if ep.relu && yi[o] <= T::ZERO {
-                                continue;
-                            }
-                            let win = if kp > 1 {
-                                idx[bi * out + o] as usize
-                            } else {
-                                0
-                            };
-                            let (dy, dx) = (win / kp, win % kp);
-                            dst[(py * kp + dy) * p.wq + px * kp + dx] = gyi[o];
-                            sum += gyi[o];
+                    for ((d, g), yv) in dst
+                        .chunks_mut(p.wq)
+                        .zip(g.chunks_exact(pw))
+                        .zip(yv.chunks_exact(pw))
+                    {
+                        for ((d, &g), &yv) in d[..pw].iter_mut().zip(g).zip(yv) {
+                            *d = if ep.relu && yv <= T::ZERO { T::ZERO } else { g };
                         }
+                        *gbc += sum(&d[..pw]);
                     }
-                    *gbc += sum;
                 }
-            });
+            } else {
+                sc.wide.fill(T::ZERO);
+                with_pool(ep.pool, |kp| {
+                    for (c, gbc) in gb.iter_mut().enumerate() {
+                        let dst = &mut sc.wide[c * span..(c + 1) * span];
+                        let mut total = T::ZERO;
+                        for py in 0..ph {
+                            for px in 0..pw {
+                                let o = (c * ph + py) * pw + px;
+                                if ep.relu && yi[o] <= T::ZERO {
+                                    continue;
+                                }
+                                let win = idx[bi * out + o] as usize;
+                                let (dy, dx) = (win / kp, win % kp);
+                                dst[(py * kp + dy) * p.wq + px * kp + dx] = gyi[o];
+                                total += gyi[o];
+                            }
+                        }
+                        *gbc += total;
+                    }
+                });
+            }
             let cols = im2col(&p, &x[bi * chw..(bi + 1) * chw], &mut sc.plane, &mut sc.col);
             // Dropped columns of the widened gradient are zero, so their
             // im2col values add nothing.
