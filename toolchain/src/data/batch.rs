@@ -73,15 +73,29 @@ pub struct Augment {
     /// Standard deviation of additive Gaussian noise, in pixel intensity on
     /// the [0, 1] scale (before normalisation).
     pub noise_std: f32,
+    /// Probability that a transfer-set view is blended with another image
+    /// of the set, `λ·a + (1 − λ)·b` with `λ ~ U(0, 1)` (mixup); only for
+    /// [`augmented_views`], whose images a teacher labels.
+    pub mixup: f32,
 }
 
 impl Augment {
     /// Whether this augmentation changes nothing.
     pub fn is_none(&self) -> bool {
-        self.shift == 0 && self.crop_padding == 0 && self.hflip == 0.0 && self.noise_std == 0.0
+        self.shift == 0
+            && self.crop_padding == 0
+            && self.hflip == 0.0
+            && self.noise_std == 0.0
+            && self.mixup == 0.0
     }
 
     fn validate(&self) -> Result<(), DataError> {
+        if !(0.0..=1.0).contains(&self.mixup) {
+            return Err(DataError::Config(format!(
+                "mixup probability {} is not in [0, 1]",
+                self.mixup
+            )));
+        }
         if !(0.0..=1.0).contains(&self.hflip) {
             return Err(DataError::Config(format!(
                 "hflip probability {} is not in [0, 1]",
@@ -218,6 +232,13 @@ impl Plan {
             )));
         }
         cfg.augment.validate()?;
+        if cfg.augment.mixup > 0.0 {
+            return Err(DataError::Config(
+                "mixup blends images into a transfer set for a teacher to label \
+                 (recipe [transfer.augment]); it is not a per-batch augmentation"
+                    .into(),
+            ));
+        }
         let pixels = ds.pixels();
         if pixels == 0 || !ds.images.len().is_multiple_of(pixels) {
             return Err(DataError::Config(format!(
@@ -388,12 +409,19 @@ pub fn augmented_views(
             }
             let flip = augment.hflip > 0.0 && rng.unit_f32() < augment.hflip;
             // View 0 is the original image, so the set always contains it.
-            let (dx, dy, flip) = if v == 0 {
-                (0, 0, false)
-            } else {
-                (dx, dy, flip)
-            };
+            if v == 0 {
+                dst.copy_from_slice(ds.image(i));
+                continue;
+            }
             render(ds.image(i), dst, rows, cols, dx, dy, flip, &identity);
+            if augment.mixup > 0.0 && rng.unit_f32() < augment.mixup {
+                let other = ds.image(indices[rng.below(indices.len() as u64) as usize]);
+                let lambda = rng.unit_f32();
+                for (d, &o) in dst.iter_mut().zip(other) {
+                    let mixed = lambda * f32::from(*d) + (1.0 - lambda) * f32::from(o);
+                    *d = mixed.round() as u8;
+                }
+            }
         }
         if ds.is_labeled() {
             labels.extend(indices.iter().map(|&i| ds.labels[i]));

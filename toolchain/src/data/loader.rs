@@ -158,6 +158,7 @@ mod tests {
                 crop_padding: 1,
                 hflip: 0.5,
                 noise_std: 0.05,
+                mixup: 0.0,
             },
             ..BatchConfig::train(16, 11)
         }

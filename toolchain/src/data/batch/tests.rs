@@ -379,3 +379,33 @@ fn augmented_views_keep_view_zero_and_labels_and_are_deterministic() {
     assert!(augmented_views(&ds, &idx, &noisy, 2, 0).is_err());
     assert!(augmented_views(&ds, &[5], &aug, 2, 0).is_err());
 }
+
+#[test]
+fn mixup_blends_views_only() {
+    let ds = toy(6, 4);
+    let mix = Augment {
+        mixup: 1.0,
+        ..Augment::default()
+    };
+    let idx: Vec<usize> = (0..6).collect();
+    let v = augmented_views(&ds, &idx, &mix, 2, 3).unwrap();
+    // With no shift or flip, a view differs from its image only by the blend,
+    // and each blended pixel lies between the image's and some other's.
+    assert!((6..12).any(|k| v.image(k) != ds.image(k - 6)));
+    let (lo, hi) = (
+        ds.images.iter().min().copied().unwrap(),
+        ds.images.iter().max().copied().unwrap(),
+    );
+    assert!(v.images.iter().all(|&p| (lo..=hi).contains(&p)));
+    let cfg = BatchConfig {
+        augment: mix,
+        ..BatchConfig::train(2, 0)
+    };
+    let err = batches(&ds, &idx, 0, &cfg).unwrap_err().to_string();
+    assert!(err.contains("mixup"), "{err}");
+    let bad = Augment {
+        mixup: 1.5,
+        ..Augment::default()
+    };
+    assert!(augmented_views(&ds, &idx, &bad, 2, 0).is_err());
+}
