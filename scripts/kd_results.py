@@ -28,6 +28,8 @@ RUNS = [
     ("models/students/mlp-40.toml", "KD, unlabeled transfer set", "models/recipes/unlabeled.toml", []),
     ("models/students/mlp-40.toml", "KD on 4 fixed augmented views", "models/recipes/views.toml",
      ["--epochs", "10"]),
+    ("models/students/mlp-40.toml", "function matching (6 mixup views, T=1, no labels)",
+     "models/recipes/function-matching.toml", []),
     ("models/students/ds-cnn.toml", "scratch", "models/recipes/scratch.toml", ["--epochs", "10"]),
     ("models/students/ds-cnn.toml", "Hinton KD (T=4, α=0.9)", "models/recipes/kd.toml", ["--epochs", "10"]),
     ("models/students/ds-cnn.toml", "logit matching (MSE)", "models/recipes/mse.toml", ["--epochs", "10"]),
