@@ -25,6 +25,10 @@ pub struct RunArgs {
     /// Training images held out for validation.
     #[arg(long, default_value_t = 5000)]
     val: usize,
+    /// Seed of the train/validation split; kept apart from --seed so runs
+    /// with other seeds share the split (and the cached teacher logits).
+    #[arg(long, default_value_t = 0)]
+    split_seed: u64,
     /// Train on only this many of the remaining training images (quick runs).
     #[arg(long)]
     limit: Option<usize>,
@@ -200,7 +204,7 @@ struct Data {
     transfer_idx: Vec<usize>,
 }
 
-fn load_data(run: &RunArgs, seed: u64) -> Result<Data> {
+fn load_data(run: &RunArgs) -> Result<Data> {
     // The output's folder is created up front, so a long run cannot fail
     // at its first checkpoint for want of it.
     if let Some(dir) = run.out.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -208,7 +212,7 @@ fn load_data(run: &RunArgs, seed: u64) -> Result<Data> {
     }
     let train = Arc::new(Dataset::load(&run.data_dir, Split::Train)?);
     let test = Arc::new(Dataset::load(&run.data_dir, Split::Test)?);
-    let mut split = train.split_validation(run.val, seed)?;
+    let mut split = train.split_validation(run.val, run.split_seed)?;
     if let Some(n) = run.limit {
         split.train.truncate(n);
     }
@@ -387,7 +391,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         let cfg = a.fit.apply(FitConfig::default())?;
         Trainer::new(load_spec(&a.arch)?, cfg)?
     };
-    let data = load_data(&a.run, trainer.config().seed)?;
+    let data = load_data(&a.run)?;
     let Some(test) = fit(&mut trainer, &data, &CrossEntropy, &a.run)? else {
         return stopped(&trainer, &a.run);
     };
@@ -539,7 +543,7 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
             t
         }
     };
-    let mut data = load_data(&a.run, trainer.config().seed)?;
+    let mut data = load_data(&a.run)?;
     ensemble.check_classes(data.train.classes)?;
     apply_transfer(&recipe, &mut data)?;
     let norm = Normalization::default();
@@ -618,13 +622,14 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
     let run = RunArgs {
         out: a.out.with_extension("trial.safetensors"),
         val: a.val,
+        split_seed: 0,
         limit: a.limit,
         data_dir: a.data_dir.clone(),
         resume: false,
         stop_after: None,
         json: true,
     };
-    let mut data = load_data(&run, base.fit.seed)?;
+    let mut data = load_data(&run)?;
     if data.split.val.is_empty() {
         bail!("sweep: --val 0 leaves nothing to score the trials on");
     }
