@@ -38,10 +38,12 @@ RUNS = [
 ]
 
 
-def run(tinykd: str, args: list[str], out_json: str) -> dict:
-    if os.path.exists(out_json):
+def run(tinykd: str, args: list[str], out_json: str, only_existing: bool = False) -> dict | None:
+    if os.path.exists(out_json) and os.path.getsize(out_json) > 0:
         with open(out_json) as f:
             return json.load(f)
+    if only_existing:
+        return None
     print("+", tinykd, " ".join(args), file=sys.stderr, flush=True)
     res = subprocess.run([tinykd, *args, "--json"], capture_output=True, text=True)
     if res.returncode != 0:
@@ -63,36 +65,45 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--out", default="build/results")
     ap.add_argument("--doc", default="docs/results.md")
+    ap.add_argument("--only-existing", action="store_true",
+                    help="tabulate the runs already in --out; mark the others as pending")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
 
     teacher = run(args.tinykd, ["eval", TEACHER, "--engine", "tract"],
                   os.path.join(args.out, "teacher-eval.json"))
+    assert teacher is not None
     inspect = json.loads(subprocess.run([args.tinykd, "inspect", TEACHER, "--json"],
                                         capture_output=True, text=True, check=True).stdout)
     t_params = inspect["parameters"]
 
     rows, scratch = [], {}
     for student, label, recipe, extra in RUNS:
-        accs, secs, params = [], [], None
+        accs, secs, params, epochs = [], [], None, 0
         for seed in seeds:
             name = slug(os.path.basename(student), label, str(seed))
             out = os.path.join(args.out, name)
             r = run(args.tinykd, ["distill", "--teacher", TEACHER, "--student", student,
                                   "--recipe", recipe, "--seed", str(seed), *extra,
-                                  "--out", out + ".onnx"], out + ".json")
+                                  "--out", out + ".onnx"], out + ".json", args.only_existing)
+            if r is None:
+                continue
             accs.append(100 * r["test"]["accuracy"])
             secs.extend(h["seconds"] for h in r["history"])
             params = r["parameters"]
             epochs = len(r["history"])
+        if not accs:
+            rows.append(f"| {os.path.basename(student)} | – | {label} | – | pending | – | – |")
+            continue
         mean = statistics.mean(accs)
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         if label == "scratch":
             scratch[student] = mean
         delta = mean - scratch.get(student, mean)
+        n = "" if len(accs) == len(seeds) else f" ({len(accs)} of {len(seeds)} seeds)"
         rows.append(f"| {os.path.basename(student)} | {params:,} (1/{t_params / params:.0f}) | {label} "
-                    f"| {epochs} | {mean:.2f} ± {std:.2f} | {delta:+.2f} | {statistics.mean(secs):.1f} |")
+                    f"| {epochs} | {mean:.2f} ± {std:.2f}{n} | {delta:+.2f} | {statistics.mean(secs):.1f} |")
 
     table = "\n".join([
         f"Teacher `{TEACHER}`: {t_params:,} parameters, test accuracy "

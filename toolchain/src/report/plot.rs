@@ -734,20 +734,10 @@ mod tests {
     }
 
     fn fashion_names() -> Vec<String> {
-        [
-            "T-shirt/top",
-            "Trouser",
-            "Pullover",
-            "Dress",
-            "Coat",
-            "Sandal",
-            "Shirt",
-            "Sneaker",
-            "Bag",
-            "Ankle boot",
-        ]
-        .map(String::from)
-        .to_vec()
+        crate::data::CLASS_NAMES
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     }
 
     fn confusion(n: usize) -> Vec<Vec<usize>> {

@@ -582,23 +582,15 @@ pub fn backward<T: Elem + PartialOrd>(
                 continue;
             }
             let gxi = &mut gxs[i * chw..(i + 1) * chw];
-            if g.col_is_input() {
-                matmul(
-                    (k, span, oc),
-                    gxi,
-                    (span, 1),
-                    false,
-                    w,
-                    (1, k),
-                    &sc.wide,
-                    (span, 1),
-                    par,
-                );
-                continue;
-            }
+            // For a 1×1 unpadded conv the column matrix is the input gradient itself.
+            let dst = if g.col_is_input() {
+                &mut gxi[..]
+            } else {
+                &mut gx_col[..]
+            };
             matmul(
                 (k, span, oc),
-                &mut gx_col,
+                dst,
                 (span, 1),
                 false,
                 w,
@@ -607,6 +599,9 @@ pub fn backward<T: Elem + PartialOrd>(
                 (span, 1),
                 par,
             );
+            if g.col_is_input() {
+                continue;
+            }
             // col2im: each row adds onto its tap's span of the channel's phase planes.
             let mut rows = gx_col.chunks_exact(span);
             for gxc in gxi.chunks_exact_mut(hw) {
