@@ -107,7 +107,7 @@ def main() -> None:
 
     table = "\n".join([
         f"Teacher `{TEACHER}`: {t_params:,} parameters, test accuracy "
-        f"{100 * teacher['accuracy']:.2f} % (tract; the tinykd runtime gives the same argmax).",
+        f"{100 * teacher['accuracy']:.2f} % (`tinykd eval --engine tract`).",
         "",
         f"| student | parameters (of teacher) | method | epochs | test accuracy % (mean ± std, seeds {args.seeds}) "
         "| vs scratch (points) | s / epoch |",
