@@ -7,12 +7,10 @@
 //! pool block that saves several passes over the largest tensor of the
 //! network, plus candle's gradient bookkeeping for two nodes.
 
-use super::cpu::{apply_conv, by_dtype, Arg, Elem};
+use super::cpu::{apply_conv, by_dtype, Arg, ConvKernel, Elem, Grads, KernelOp};
 use super::im2col::{backward, forward, Epilogue, Geom};
 use candle_core::backend::BackendStorage;
-use candle_core::{
-    bail, CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor,
-};
+use candle_core::{bail, CpuStorage, Device, Result, Shape, Storage, Tensor};
 use std::sync::Mutex;
 
 /// Stride, symmetric padding and dilation of a convolution, as (height, width).
@@ -82,7 +80,7 @@ pub fn conv2d_block(
         ep,
         winners: Mutex::new(Vec::new()),
     };
-    apply_conv("conv2d", x, w, bias, oc, op)
+    apply_conv("conv2d", x, w, bias, oc, KernelOp(op))
 }
 
 /// The fused op; `winners` holds each pooling window's argmax after the
@@ -94,7 +92,7 @@ struct ConvBlock {
     winners: Mutex<Vec<u8>>,
 }
 
-impl ConvBlock {
+impl ConvKernel for ConvBlock {
     fn names(&self) -> (&'static str, &'static str) {
         match (self.ep.relu, self.ep.pool > 1) {
             (false, false) => ("tinykd-conv2d", "tinykd-conv2d-bias"),
@@ -104,7 +102,7 @@ impl ConvBlock {
         }
     }
 
-    fn run(&self, x: Arg, w: Arg, bias: Option<Arg>) -> Result<(CpuStorage, Shape)> {
+    fn forward(&self, x: Arg, w: Arg, bias: Option<Arg>) -> Result<(CpuStorage, Shape)> {
         let b = x.1.dims()[0];
         let (ph, pw) = self.ep.out_hw(self.g.oh, self.g.ow);
         let shape = Shape::from((b, self.oc, ph, pw));
@@ -118,7 +116,6 @@ impl ConvBlock {
         })
     }
 
-    /// `(gx, gw, gbias)`, each only where its input is tracked.
     fn grads(
         &self,
         x: &Tensor,
@@ -126,7 +123,7 @@ impl ConvBlock {
         bias: Option<&Tensor>,
         y: &Tensor,
         gy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    ) -> Result<Grads> {
         let gy = gy.contiguous()?;
         let b = x.dims()[0];
         let need_gx = x.track_op();
@@ -158,62 +155,6 @@ impl ConvBlock {
         });
         let gb = bias.filter(|b| b.track_op()).map(|_| gb);
         Ok((gx, w.track_op().then_some(gw), gb))
-    }
-}
-
-impl CustomOp2 for ConvBlock {
-    fn name(&self) -> &'static str {
-        self.names().0
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.run((s1, l1), (s2, l2), None)
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        res: &Tensor,
-        gy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (gx, gw, _) = self.grads(x, w, None, res, gy)?;
-        Ok((gx, gw))
-    }
-}
-
-impl CustomOp3 for ConvBlock {
-    fn name(&self) -> &'static str {
-        self.names().1
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        self.run((s1, l1), (s2, l2), Some((s3, l3)))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        bias: &Tensor,
-        res: &Tensor,
-        gy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        self.grads(x, w, Some(bias), res, gy)
     }
 }
 

@@ -194,50 +194,34 @@ pub fn sum_parts<T: Elem>(parts: Vec<Vec<T>>, len: usize) -> Vec<T> {
 /// `(storage, layout)` of one op argument.
 pub type Arg<'a> = (&'a CpuStorage, &'a Layout);
 
+/// Gradients of a conv op's inputs `(x, w, bias)`, each `None` where that
+/// input is not tracked (or absent).
+pub type Grads = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
+
 /// The CPU kernels of a conv op; [`KernelOp`] wraps one as the candle custom
 /// ops with and without a fused bias, with their backward passes.
 pub trait ConvKernel: Send + Sync + 'static {
     /// Op names without and with a fused bias.
-    const NAMES: (&'static str, &'static str);
-    /// `(gy, w) → gx`.
-    type GradInput: CustomOp2;
-    /// `(x, gy) → gw`.
-    type GradWeight: CustomOp2;
+    fn names(&self) -> (&'static str, &'static str);
     /// `(x, w, bias) → y`.
     fn forward(&self, x: Arg, w: Arg, bias: Option<Arg>) -> Result<(CpuStorage, Shape)>;
-    /// The input-gradient op.
-    fn grad_input(&self) -> Self::GradInput;
-    /// The weight-gradient op.
-    fn grad_weight(&self) -> Self::GradWeight;
+    /// The gradients from the inputs, the output `y` and its gradient `gy`.
+    fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        y: &Tensor,
+        gy: &Tensor,
+    ) -> Result<Grads>;
 }
 
 /// A [`ConvKernel`] as a two-input op (no bias) or three-input op (fused bias).
 pub struct KernelOp<K>(pub K);
 
-impl<K: ConvKernel> KernelOp<K> {
-    fn grads(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        gy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let gy = gy.contiguous()?;
-        // Input images never need a gradient, so skip that pass for them.
-        let gx = x
-            .track_op()
-            .then(|| gy.apply_op2_no_bwd(w, &self.0.grad_input()))
-            .transpose()?;
-        let gw = w
-            .track_op()
-            .then(|| x.apply_op2_no_bwd(&gy, &self.0.grad_weight()))
-            .transpose()?;
-        Ok((gx, gw))
-    }
-}
-
 impl<K: ConvKernel> CustomOp2 for KernelOp<K> {
     fn name(&self) -> &'static str {
-        K::NAMES.0
+        self.0.names().0
     }
 
     fn cpu_fwd(
@@ -254,16 +238,17 @@ impl<K: ConvKernel> CustomOp2 for KernelOp<K> {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         gy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        self.grads(x, w, gy)
+        let (gx, gw, _) = self.0.grads(x, w, None, res, gy)?;
+        Ok((gx, gw))
     }
 }
 
 impl<K: ConvKernel> CustomOp3 for KernelOp<K> {
     fn name(&self) -> &'static str {
-        K::NAMES.1
+        self.0.names().1
     }
 
     fn cpu_fwd(
@@ -283,15 +268,10 @@ impl<K: ConvKernel> CustomOp3 for KernelOp<K> {
         x: &Tensor,
         w: &Tensor,
         bias: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         gy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (gx, gw) = self.grads(x, w, gy)?;
-        let gb = bias
-            .track_op()
-            .then(|| gy.contiguous()?.apply_op1_no_bwd(&BiasGrad))
-            .transpose()?;
-        Ok((gx, gw, gb))
+    ) -> Result<Grads> {
+        self.0.grads(x, w, Some(bias), res, gy)
     }
 }
 

@@ -8,7 +8,8 @@
 
 use super::conv2d::Conv2dParams;
 use super::cpu::{
-    apply_conv, by_dtype, has_fma, split, sum_parts, threads_for, Arg, ConvKernel, Elem, KernelOp,
+    apply_conv, by_dtype, has_fma, split, sum_parts, threads_for, Arg, BiasGrad, ConvKernel, Elem,
+    Grads, KernelOp,
 };
 use super::im2col::{Geom, Phases};
 use candle_core::backend::BackendStorage;
@@ -265,21 +266,37 @@ impl DwOp {
 }
 
 impl ConvKernel for DwOp {
-    const NAMES: (&'static str, &'static str) =
-        ("tinykd-depthwise-conv2d", "tinykd-depthwise-conv2d-bias");
-    type GradInput = Grad;
-    type GradWeight = Grad;
+    fn names(&self) -> (&'static str, &'static str) {
+        ("tinykd-depthwise-conv2d", "tinykd-depthwise-conv2d-bias")
+    }
 
     fn forward(&self, x: Arg, w: Arg, bias: Option<Arg>) -> Result<(CpuStorage, Shape)> {
         self.run(Pass::Forward, x, w, bias)
     }
 
-    fn grad_input(&self) -> Grad {
-        Grad(*self, Pass::GradInput)
-    }
-
-    fn grad_weight(&self) -> Grad {
-        Grad(*self, Pass::GradWeight)
+    fn grads(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        _y: &Tensor,
+        gy: &Tensor,
+    ) -> Result<Grads> {
+        let gy = gy.contiguous()?;
+        // Input images never need a gradient, so skip that pass for them.
+        let gx = x
+            .track_op()
+            .then(|| gy.apply_op2_no_bwd(w, &Grad(*self, Pass::GradInput)))
+            .transpose()?;
+        let gw = w
+            .track_op()
+            .then(|| x.apply_op2_no_bwd(&gy, &Grad(*self, Pass::GradWeight)))
+            .transpose()?;
+        let gb = bias
+            .filter(|b| b.track_op())
+            .map(|_| gy.apply_op1_no_bwd(&BiasGrad))
+            .transpose()?;
+        Ok((gx, gw, gb))
     }
 }
 
