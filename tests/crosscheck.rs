@@ -38,21 +38,8 @@ fn data_dir() -> PathBuf {
     dir
 }
 
-/// A small deterministic generator (xorshift), so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn normal(&mut self) -> f32 {
-        let mut uniform = || {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-        };
-        let (u, v) = (uniform(), uniform());
-        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
-    }
-}
+mod common;
+use common::Rng;
 
 fn random_inputs(bytes: &[u8], rng: &mut Rng) -> Vec<HostTensor> {
     declared_inputs(bytes)

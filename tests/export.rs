@@ -17,25 +17,8 @@ use tract_onnx::pb;
 /// Largest |a − b| / max(1, |b|) allowed between engines.
 const TOLERANCE: f32 = 1e-4;
 
-/// A small deterministic generator (xorshift), so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn normal(&mut self) -> f32 {
-        let mut uniform = || {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-        };
-        let (u, v) = (uniform(), uniform());
-        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
-    }
-
-    fn normals(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.normal() * scale).collect()
-    }
-}
+mod common;
+use common::Rng;
 
 fn conv(filters: usize, kernel: usize, stride: usize, padding: usize) -> Layer {
     Layer::Conv {
