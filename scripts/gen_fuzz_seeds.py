@@ -7,7 +7,8 @@ Usage:
 Each seed is a few KB at most, so that random mutations mostly hit the
 protobuf structure (names, dims, attributes, node lists) rather than weight
 bytes. Together they cover every op family the runtime implements and both
-tensor encodings (raw_data and the typed float_data / int64_data fields).
+tensor encodings (raw_data and the typed float_data / int64_data /
+int32_data fields).
 The weights come from a fixed numpy seed, so the files are reproducible
 byte for byte for a given onnx version.
 
@@ -300,6 +301,78 @@ def newer_opset() -> onnx.ModelProto:
     return m
 
 
+def quantized() -> onnx.ModelProto:
+    """The quantized ops and typed tensors: float input quantized to uint8,
+    QLinearConv (per-channel int8 weights, int32 bias), uint8 MaxPool and
+    Flatten, QLinearMatMul, DequantizeLinear back to float; ConvInteger and
+    MatMulInteger with an int32 output and an int32 DequantizeLinear; an
+    int8 graph input through Transpose and Pad to an int8 graph output.
+    Some zero points sit in the typed int32_data field."""
+
+    def q(name: str, dtype, values, shape=None) -> TensorProto:
+        a = np.array(values, dtype=dtype)
+        return numpy_helper.from_array(a if shape is None else a.reshape(shape), name)
+
+    def typed(name: str, elem: int, dims: list[int], values: list[int]) -> TensorProto:
+        return helper.make_tensor(name, elem, dims, values, raw=False)
+
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"], name="quant"),
+        helper.make_node(
+            "QLinearConv",
+            ["xq", "xs", "xz", "w", "ws", "wz", "cs", "cz", "bias"],
+            ["c"],
+            name="qconv",
+            pads=[1, 1, 1, 1],
+        ),  # [1,3,4,4] uint8
+        helper.make_node("MaxPool", ["c"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),  # [1,12]
+        helper.make_node(
+            "QLinearMatMul", ["f", "cs", "cz", "b", "bs", "bz", "ms", "mz"], ["m"], name="qmatmul"
+        ),  # [1,4] uint8
+        helper.make_node("DequantizeLinear", ["m", "ms", "mz"], ["y"], name="dequant"),
+        helper.make_node("ConvInteger", ["xq", "w2", "xz", "w2z"], ["ci"], name="convint"),
+        helper.make_node("MatMulInteger", ["f", "b", "cz", "bz"], ["mi"], name="matmulint"),
+        helper.make_node("DequantizeLinear", ["mi", "s32"], ["y2"], name="dequant32"),
+        helper.make_node("Transpose", ["t"], ["tt"], name="transpose", perm=[1, 0]),
+        helper.make_node("Pad", ["tt", "tpads", "tfill"], ["tp"], name="pad"),  # [4,2] int8
+    ]
+    wq = np.clip(np.round(RNG.standard_normal((3, 2, 3, 3)) * 40), -127, 127)
+    inits = [
+        q("xs", np.float32, 0.02),
+        q("xz", np.uint8, 128),
+        q("w", np.int8, wq),
+        q("ws", np.float32, [0.01, 0.02, 0.005]),
+        typed("wz", TensorProto.INT8, [3], [0, 0, 0]),
+        q("cs", np.float32, 0.05),
+        q("cz", np.uint8, 10),
+        q("bias", np.int32, [100, -200, 50]),
+        q("b", np.uint8, RNG.integers(0, 256, (12, 4))),
+        q("bs", np.float32, 0.01),
+        typed("bz", TensorProto.UINT8, [], [120]),
+        q("ms", np.float32, 0.1),
+        q("mz", np.uint8, 128),
+        q("w2", np.uint8, [[[[3]], [[250]]], [[[0]], [[7]]]]),
+        q("w2z", np.uint8, [1, 2]),
+        q("s32", np.float32, 0.001),
+        ints("tpads", [1, 0, 0, 0]),
+        q("tfill", np.int8, -5),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "quantized",
+        [f32_input("x", [1, 2, 4, 4]), helper.make_tensor_value_info("t", TensorProto.INT8, [2, 3])],
+        [
+            f32_output("y", [1, 4]),
+            helper.make_tensor_value_info("ci", TensorProto.INT32, [1, 2, 4, 4]),
+            f32_output("y2", [1, 4]),
+            helper.make_tensor_value_info("tp", TensorProto.INT8, [4, 2]),
+        ],
+        inits,
+    )
+    return model(g, 13)
+
+
 SEEDS = {
     "mlp": mlp,
     "cnn": cnn,
@@ -311,6 +384,7 @@ SEEDS = {
     "fanout11": lambda: fanout(11),
     "fanout13": lambda: fanout(13),
     "newer_opset": newer_opset,
+    "quantized": quantized,
 }
 
 

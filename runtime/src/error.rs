@@ -158,6 +158,21 @@ pub enum Error {
         /// How many were passed.
         got: usize,
     },
+    /// An input or output buffer of `Session::run_typed` has the wrong
+    /// element type.
+    #[error("{what} {index} ('{value}'): expected {expected} elements, got {got} elements")]
+    BufferType {
+        /// "input" or "output".
+        what: &'static str,
+        /// Its position.
+        index: usize,
+        /// The graph value's name.
+        value: Name,
+        /// The value's element type.
+        expected: DType,
+        /// The buffer's.
+        got: DType,
+    },
     /// An input or output buffer has the wrong length.
     #[error("{what} {index} ('{value}'): expected {expected} elements, got {got}")]
     BufferLength {

@@ -6,6 +6,10 @@
 //! let mut session = Session::new(&model, &mut arena)?;
 //! session.run(&[&input], &mut [&mut output])?;   // allocates nothing
 //! ```
+//!
+//! `run` takes float32 buffers; a model whose graph inputs or outputs are
+//! int8, uint8 or int32 (a quantized model) runs with
+//! `session.run_typed(&[Data::I8(&input)], &mut [DataMut::U8(&mut output)])`.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
@@ -23,12 +27,14 @@ pub mod model;
 pub mod ops;
 pub mod planner;
 pub mod proto;
+pub mod quant;
 pub mod session;
 pub mod tensor;
 pub mod value;
 
 pub use error::Error;
 pub use model::{Bindings, ConstInput, Model, Node};
+pub use ops::{Data, DataMut};
 pub use session::{AlignedArena, Session};
 pub use tensor::{DType, Shape};
 pub use value::Value;

@@ -334,7 +334,7 @@ impl<'a> Model<'a> {
                 })?;
                 continue;
             }
-            if dtype != DType::F32 {
+            if !dtype.is_run_time() {
                 return Err(Error::DType {
                     value: name(info.name),
                     dtype,
@@ -491,7 +491,7 @@ impl<'a> Model<'a> {
                 )
             })?;
             let value = &self.values[index];
-            if value.dtype != DType::F32 {
+            if !value.dtype.is_run_time() {
                 return Err(Error::DType {
                     value: name(info.name),
                     dtype: value.dtype,

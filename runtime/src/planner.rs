@@ -8,14 +8,25 @@
 //! 16-byte-aligned offset where it overlaps no placed buffer whose lifetime
 //! intersects its own. Cost: O(B² log B) for B buffers, at load time only.
 //! Constants the runtime cannot read in place (misaligned or varint-encoded)
-//! get a buffer that lives for the whole run.
+//! get a buffer that lives for the whole run, and so do the requantization
+//! parameters an op derives once from its constant scales
+//! ([`crate::ops::Op::requant_len`]).
+//!
+//! Every buffer starts on a 16-byte boundary, so every typed view of the
+//! arena (f32, i32, i8, u8, [`Requant`]) is aligned.
 
 use crate::error::Error;
-use crate::limits::MAX_VALUES;
+use crate::limits::{MAX_NODES, MAX_VALUES};
 use crate::model::Model;
 use crate::proto::onnx::TensorData;
+use crate::quant::Requant;
 use crate::tensor::DType;
 use crate::value::{ConstData, ValueKind};
+
+// A `Requant` is two i32 (no padding, any bit pattern valid) and fits the
+// arena's alignment, so the session can view arena bytes as `[Requant]`.
+const _: () =
+    assert!(core::mem::size_of::<Requant>() == 8 && core::mem::align_of::<Requant>() <= ALIGN);
 
 /// Arena alignment and size granularity, in bytes.
 pub const ALIGN: usize = 16;
@@ -39,6 +50,13 @@ pub struct Plan {
     pub staged_constant_bytes: usize,
     /// Number of distinct buffers placed.
     pub buffers: usize,
+    /// Arena offset of each node's requantization parameters, or [`NONE`]
+    /// (see [`crate::ops::Op::requant_len`]); meaningless for nodes beyond
+    /// the model's.
+    pub requants: [u32; MAX_NODES],
+    /// Bytes of requantization parameters (included in `arena_size` and
+    /// `lower_bound`).
+    pub requant_bytes: usize,
 }
 
 impl Plan {
@@ -51,6 +69,8 @@ impl Plan {
         lower_bound: 0,
         staged_constant_bytes: 0,
         buffers: 0,
+        requants: [0; MAX_NODES],
+        requant_bytes: 0,
     };
 
     /// Resets to [`Plan::EMPTY`] in place.
@@ -60,6 +80,8 @@ impl Plan {
         self.lower_bound = 0;
         self.staged_constant_bytes = 0;
         self.buffers = 0;
+        self.requants.fill(0);
+        self.requant_bytes = 0;
     }
 }
 
@@ -81,14 +103,20 @@ fn aligned(bytes: usize) -> Option<usize> {
     bytes.checked_add(ALIGN - 1).map(|b| b & !(ALIGN - 1))
 }
 
-/// Whether constant data of `dtype` can be read in place as a typed slice.
+/// Whether constant data of `dtype` can be read in place as a typed slice:
+/// `raw_data` of bytes (int8, uint8) always, of 4-byte elements (float32,
+/// int32) when 4-byte aligned on a little-endian target.
 pub fn readable_in_place(dtype: DType, data: &ConstData<'_>) -> bool {
     match data {
-        ConstData::Tensor(TensorData::Raw(raw)) => {
-            dtype == DType::F32
-                && (raw.as_ptr() as usize).is_multiple_of(core::mem::align_of::<f32>())
-        }
-        ConstData::Tensor(TensorData::Empty) => true,
+        ConstData::Tensor(TensorData::Raw(raw)) => match dtype {
+            DType::I8 | DType::U8 => true,
+            DType::F32 | DType::I32 => {
+                cfg!(target_endian = "little")
+                    && (raw.as_ptr() as usize).is_multiple_of(core::mem::align_of::<f32>())
+            }
+            _ => false,
+        },
+        ConstData::Tensor(TensorData::Empty) => dtype.is_run_time(),
         _ => false,
     }
 }
@@ -96,9 +124,12 @@ pub fn readable_in_place(dtype: DType, data: &ConstData<'_>) -> bool {
 /// Plans `model`'s arena and stores the plan in it.
 pub(crate) fn plan_into(model: &mut Model<'_>) -> Result<(), Error> {
     let mut offsets = [NONE; MAX_VALUES];
-    let summary = plan(model, &mut offsets)?;
+    let mut requants = [NONE; MAX_NODES];
+    let summary = plan(model, &mut offsets, &mut requants)?;
     let plan = model.plan_mut();
     plan.offsets = offsets;
+    plan.requants = requants;
+    plan.requant_bytes = summary.requant_bytes;
     plan.arena_size = summary.arena_size;
     plan.lower_bound = summary.lower_bound;
     plan.staged_constant_bytes = summary.staged_constant_bytes;
@@ -112,10 +143,16 @@ struct Summary {
     lower_bound: usize,
     staged_constant_bytes: usize,
     buffers: usize,
+    requant_bytes: usize,
 }
 
-/// Plans `model`'s arena, writing each value's offset into `offsets`.
-fn plan(model: &Model<'_>, offsets: &mut [u32; MAX_VALUES]) -> Result<Summary, Error> {
+/// Plans `model`'s arena, writing each value's offset into `offsets` and
+/// each node's requantization parameters' into `requants`.
+fn plan(
+    model: &Model<'_>,
+    offsets: &mut [u32; MAX_VALUES],
+    requants: &mut [u32; MAX_NODES],
+) -> Result<Summary, Error> {
     let values = model.values();
     let nodes = model.nodes();
     let end = nodes.len();
@@ -141,6 +178,9 @@ fn plan(model: &Model<'_>, offsets: &mut [u32; MAX_VALUES]) -> Result<Summary, E
         used_at_run_time[usize::from(id)] = true;
     }
 
+    // At most one buffer per value, plus one per node's requantizations:
+    // beyond the table's capacity (only for degenerate graphs) planning
+    // fails rather than the load-time stack growing.
     let mut buffers = [Buffer::default(); MAX_VALUES];
     let mut n_buffers = 0;
     let mut buffer_of = [u16::MAX; MAX_VALUES];
@@ -150,26 +190,48 @@ fn plan(model: &Model<'_>, offsets: &mut [u32; MAX_VALUES]) -> Result<Summary, E
         size: usize,
         first: usize,
         last: usize,
-    ) -> u16 {
-        buffers[*n] = Buffer {
+    ) -> Result<u16, Error> {
+        let slot = buffers.get_mut(*n).ok_or(Error::TooLarge {
+            what: "arena buffers",
+            limit: MAX_VALUES,
+        })?;
+        *slot = Buffer {
             size,
             first,
             last,
             offset: 0,
         };
         *n += 1;
-        (*n - 1) as u16
+        Ok((*n - 1) as u16)
     }
 
     // Staged constants live for the whole run.
     let mut staged_constant_bytes = 0usize;
     for (id, v) in values.iter().enumerate() {
         if let ValueKind::Constant(c) = v.kind {
-            if used_at_run_time[id] && v.dtype == DType::F32 && !readable_in_place(v.dtype, &c) {
-                let size = aligned(v.len() * 4).ok_or_else(overflow)?;
+            if used_at_run_time[id] && v.dtype.is_run_time() && !readable_in_place(v.dtype, &c) {
+                let size = aligned(v.len() * v.dtype.size()).ok_or_else(overflow)?;
                 staged_constant_bytes += size;
-                buffer_of[id] = new_buffer(&mut buffers, &mut n_buffers, size, 0, end);
+                buffer_of[id] = new_buffer(&mut buffers, &mut n_buffers, size, 0, end)?;
             }
+        }
+    }
+
+    // Requantization parameters live for the whole run, like constants.
+    let mut requant_bytes = 0usize;
+    let mut requant_buffer = [u16::MAX; MAX_NODES];
+    for (j, node) in nodes.iter().enumerate() {
+        let n = node.op.requant_len();
+        let used = node
+            .output
+            .is_some_and(|o| used_at_run_time[usize::from(o)]);
+        if n > 0 && used {
+            let size = n
+                .checked_mul(core::mem::size_of::<Requant>())
+                .and_then(aligned)
+                .ok_or_else(overflow)?;
+            requant_bytes += size;
+            requant_buffer[j] = new_buffer(&mut buffers, &mut n_buffers, size, 0, end)?;
         }
     }
 
@@ -193,7 +255,7 @@ fn plan(model: &Model<'_>, offsets: &mut [u32; MAX_VALUES]) -> Result<Summary, E
         });
         let b = match shared {
             Some(i) => buffer_of[i],
-            None => new_buffer(&mut buffers, &mut n_buffers, size, j, last_use[out]),
+            None => new_buffer(&mut buffers, &mut n_buffers, size, j, last_use[out])?,
         };
         let buf = &mut buffers[usize::from(b)];
         buf.last = buf.last.max(last_use[out]);
@@ -257,11 +319,17 @@ fn plan(model: &Model<'_>, offsets: &mut [u32; MAX_VALUES]) -> Result<Summary, E
             offsets[id] = buffers[usize::from(b)].offset as u32;
         }
     }
+    for (j, &b) in requant_buffer[..nodes.len()].iter().enumerate() {
+        if b != u16::MAX {
+            requants[j] = buffers[usize::from(b)].offset as u32;
+        }
+    }
     Ok(Summary {
         arena_size,
         lower_bound,
         staged_constant_bytes,
         buffers: n_buffers,
+        requant_bytes,
     })
 }
 
@@ -282,7 +350,9 @@ fn insertion_sort_by_key<T: Copy, K: Ord>(items: &mut [T], key: impl Fn(&T) -> K
 
 /// Checks a plan against its model: every two values whose buffers are live
 /// at the same time either share storage legitimately (alias/in-place chains)
-/// or do not overlap. Returns the first conflicting pair.
+/// or do not overlap, and no node's requantization parameters (live for the
+/// whole run) overlap anything else. Returns the first conflicting pair; an
+/// id of `MAX_VALUES + j` stands for node `j`'s requantization parameters.
 pub fn find_overlap(model: &Model<'_>) -> Option<(usize, usize)> {
     let plan = model.plan();
     let values = model.values();
@@ -342,6 +412,27 @@ pub fn find_overlap(model: &Model<'_>) -> Option<(usize, usize)> {
             let time = la.0 <= lb.1 && lb.0 <= la.1;
             if sa < eb && sb < ea && time {
                 return Some((a, b));
+            }
+        }
+    }
+    let requant_extent = |j: usize| {
+        let start = plan.requants[j] as usize;
+        let len = nodes[j].op.requant_len() * core::mem::size_of::<Requant>();
+        (start, start + len)
+    };
+    let with_requants = |j: usize| plan.requants[j] != NONE && nodes[j].op.requant_len() > 0;
+    for j in (0..nodes.len()).filter(|&j| with_requants(j)) {
+        let (sj, ej) = requant_extent(j);
+        for (id, &off) in plan.offsets[..values.len()].iter().enumerate() {
+            let (s, e) = extent(id);
+            if off != NONE && s < ej && sj < e && s != e {
+                return Some((id, MAX_VALUES + j));
+            }
+        }
+        for k in (j + 1..nodes.len()).filter(|&k| with_requants(k)) {
+            let (sk, ek) = requant_extent(k);
+            if sk < ej && sj < ek {
+                return Some((MAX_VALUES + j, MAX_VALUES + k));
             }
         }
     }

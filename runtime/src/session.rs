@@ -2,11 +2,12 @@
 //! allocates nothing, keeps no global state and is deterministic.
 
 use crate::error::{name, Error};
-use crate::limits::MAX_NODE_INPUTS;
+use crate::limits::{MAX_GRAPH_IO, MAX_NODE_INPUTS};
 use crate::model::Model;
-use crate::ops::{self, TensorRef};
+use crate::ops::{self, Data, DataMut, TensorRef};
 use crate::planner::{readable_in_place, ALIGN, NONE};
 use crate::proto::onnx::{TensorData, TypedWords};
+use crate::quant::Requant;
 use crate::tensor::DType;
 use crate::value::{ConstData, Value, ValueKind};
 
@@ -33,25 +34,110 @@ pub struct Session<'m, 'a, 'r> {
     arena: &'r mut [u8],
 }
 
-/// Reads constant `v` as f32 in place when its bytes allow it.
-fn const_in_place<'a>(v: &Value<'a>) -> Option<&'a [f32]> {
-    match v.constant()? {
-        ConstData::Tensor(TensorData::Empty) => Some(&[]),
-        c @ ConstData::Tensor(TensorData::Raw(raw)) if readable_in_place(v.dtype, &c) => {
-            // SAFETY: `readable_in_place` checked the pointer is aligned for
-            // f32; the length is a whole number of f32s (validated at parse:
-            // raw_data length == elements × 4); any bit pattern is a valid f32;
-            // the bytes are borrowed for 'a and never written.
-            Some(unsafe { core::slice::from_raw_parts(raw.as_ptr().cast::<f32>(), raw.len() / 4) })
-        }
-        _ => None,
+/// Views constant `v` in place, typed, when its bytes allow it
+/// ([`readable_in_place`]); `None` otherwise (it is then staged in the
+/// arena, or not a run-time type).
+fn const_in_place<'a>(v: &Value<'a>) -> Option<Data<'a>> {
+    let c = v.constant()?;
+    if !readable_in_place(v.dtype, &c) {
+        return None;
     }
+    let raw = match c {
+        ConstData::Tensor(TensorData::Raw(raw)) => raw,
+        _ => &[], // an empty tensor
+    };
+    // The length is exact: raw_data holds elements × size bytes (checked
+    // when the value was created), and an empty tensor has no elements.
+    let n = v.len().min(raw.len() / v.dtype.size().max(1));
+    let p = raw.as_ptr();
+    Some(match v.dtype {
+        DType::U8 => Data::U8(&raw[..n]),
+        DType::I8 => {
+            // SAFETY: i8 has u8's size and alignment and every bit pattern
+            // is valid; the bytes are borrowed for 'a and never written.
+            let s = unsafe { core::slice::from_raw_parts(p.cast::<i8>(), n) };
+            Data::I8(s)
+        }
+        DType::F32 => {
+            // SAFETY: `readable_in_place` checked the pointer is 4-byte
+            // aligned (and the target little-endian, as ONNX stores raw
+            // data); n × 4 bytes are in `raw`; every bit pattern is a valid
+            // f32; the bytes are borrowed for 'a and never written.
+            let s = unsafe { core::slice::from_raw_parts(p.cast::<f32>(), n) };
+            Data::F32(s)
+        }
+        DType::I32 => {
+            // SAFETY: as for f32; every bit pattern is a valid i32.
+            let s = unsafe { core::slice::from_raw_parts(p.cast::<i32>(), n) };
+            Data::I32(s)
+        }
+        _ => return None,
+    })
+}
+
+/// A typed view of `len` elements of `dtype` at `base + start`.
+///
+/// # Safety
+/// `base + start` is 16-byte aligned, the `len` elements lie inside the
+/// arena `base` points into, and nothing writes them while the view lives.
+unsafe fn arena_view<'x>(
+    base: *const u8,
+    start: usize,
+    dtype: DType,
+    len: usize,
+) -> Option<Data<'x>> {
+    // SAFETY: in bounds per the caller's contract.
+    let p = unsafe { base.add(start) };
+    if !dtype.is_run_time() {
+        return None;
+    }
+    // SAFETY: aligned for any element type (a 16-byte boundary), `len`
+    // elements in bounds and not written meanwhile per the caller's
+    // contract; every bit pattern is valid for f32, i8, u8 and i32.
+    let view = unsafe {
+        match dtype {
+            DType::F32 => Data::F32(core::slice::from_raw_parts(p.cast::<f32>(), len)),
+            DType::I8 => Data::I8(core::slice::from_raw_parts(p.cast::<i8>(), len)),
+            DType::U8 => Data::U8(core::slice::from_raw_parts(p, len)),
+            _ => Data::I32(core::slice::from_raw_parts(p.cast::<i32>(), len)),
+        }
+    };
+    Some(view)
+}
+
+/// A writable typed view of `len` elements of `dtype` at `base + start`.
+///
+/// # Safety
+/// As [`arena_view`], and no other view of those bytes lives meanwhile.
+unsafe fn arena_view_mut<'x>(
+    base: *mut u8,
+    start: usize,
+    dtype: DType,
+    len: usize,
+) -> Option<DataMut<'x>> {
+    // SAFETY: in bounds per the caller's contract.
+    let p = unsafe { base.add(start) };
+    if !dtype.is_run_time() {
+        return None;
+    }
+    // SAFETY: aligned, in bounds and unaliased per the caller's contract;
+    // every bit pattern is valid for f32, i8, u8 and i32.
+    let view = unsafe {
+        match dtype {
+            DType::F32 => DataMut::F32(core::slice::from_raw_parts_mut(p.cast::<f32>(), len)),
+            DType::I8 => DataMut::I8(core::slice::from_raw_parts_mut(p.cast::<i8>(), len)),
+            DType::U8 => DataMut::U8(core::slice::from_raw_parts_mut(p, len)),
+            _ => DataMut::I32(core::slice::from_raw_parts_mut(p.cast::<i32>(), len)),
+        }
+    };
+    Some(view)
 }
 
 impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
     /// Binds `model` to `arena` (at least `model.arena_size()` bytes,
-    /// 16-byte aligned, or 15 bytes more) and copies into it the constants
-    /// that cannot be read in place.
+    /// 16-byte aligned, or 15 bytes more), copies into it the constants
+    /// that cannot be read in place, and derives the ops' requantization
+    /// parameters.
     pub fn new(model: &'m Model<'a>, arena: &'r mut [u8]) -> Result<Self, Error> {
         let skip = arena.as_ptr().align_offset(ALIGN);
         let needed = model.arena_size();
@@ -63,13 +149,38 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
             });
         }
         let arena = &mut arena[skip..skip + needed];
+        let plan = model.plan();
         for (id, v) in model.values().iter().enumerate() {
-            let offset = model.plan().offsets[id];
-            if offset == NONE || !matches!(v.kind, ValueKind::Constant(_)) {
+            let offset = plan.offsets[id] as usize;
+            if plan.offsets[id] == NONE || !matches!(v.kind, ValueKind::Constant(_)) {
                 continue;
             }
-            let dst = &mut arena[offset as usize..offset as usize + v.len() * 4];
-            stage_constant(v, dst);
+            if let Some(dst) = arena.get_mut(offset..offset + v.len() * v.dtype.size()) {
+                stage_constant(v, dst);
+            }
+        }
+        for (j, node) in model.nodes().iter().enumerate() {
+            let n = node.op.requant_len();
+            let offset = plan.requants[j] as usize;
+            if n == 0 || plan.requants[j] == NONE {
+                continue;
+            }
+            let size = n * core::mem::size_of::<Requant>();
+            let Some(bytes) = arena.get_mut(offset..offset + size) else {
+                continue;
+            };
+            // SAFETY: `bytes` is 16-byte aligned (a planned offset in the
+            // aligned arena) and exactly n Requants long; a Requant is two
+            // i32 with no padding (asserted in the planner), so any bytes
+            // are valid ones; the exclusive borrow of `bytes` covers it.
+            let out =
+                unsafe { core::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<Requant>(), n) };
+            let mut inputs: heapless::Vec<Option<&Value<'a>>, MAX_NODE_INPUTS> =
+                heapless::Vec::new();
+            for id in model.node_inputs(node) {
+                let _ = inputs.push(id.map(|i| &model.values()[usize::from(i)]));
+            }
+            ops::fill_requants(&node.op, &inputs, out);
         }
         Ok(Session { model, arena })
     }
@@ -79,37 +190,77 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
         self.model
     }
 
-    /// Runs one inference: `inputs[i]` holds graph input i (row-major f32),
-    /// `outputs[i]` receives graph output i.
+    /// Runs one inference of a model whose graph inputs and outputs are all
+    /// float32: `inputs[i]` holds graph input i (row-major), `outputs[i]`
+    /// receives graph output i. A model with other element types is run
+    /// with [`Session::run_typed`] (here it is an [`Error::DType`]).
     pub fn run(&mut self, inputs: &[&[f32]], outputs: &mut [&mut [f32]]) -> Result<(), Error> {
         let model = self.model;
-        check_buffers("input", model.inputs(), inputs.iter().map(|s| s.len()))?;
-        check_buffers("output", model.outputs(), outputs.iter().map(|s| s.len()))?;
+        check_arity("inputs", model.inputs().len(), inputs.len())?;
+        check_arity("outputs", model.outputs().len(), outputs.len())?;
+        let lens = inputs.iter().map(|s| (DType::F32, s.len()));
+        check_buffers("input", model.inputs(), lens, true)?;
+        let lens = outputs.iter().map(|s| (DType::F32, s.len()));
+        check_buffers("output", model.outputs(), lens, true)?;
+        let mut ins: heapless::Vec<Data<'_>, MAX_GRAPH_IO> = heapless::Vec::new();
+        for s in inputs {
+            let _ = ins.push(Data::F32(s));
+        }
+        let mut outs: heapless::Vec<DataMut<'_>, MAX_GRAPH_IO> = heapless::Vec::new();
+        for s in outputs.iter_mut() {
+            let _ = outs.push(DataMut::F32(s));
+        }
+        self.execute(&ins, &mut outs);
+        Ok(())
+    }
+
+    /// Runs one inference with typed buffers: `inputs[i]` holds graph input
+    /// i and `outputs[i]` receives graph output i, each of the value's
+    /// element type (float32, int8, uint8 or int32) and element count.
+    pub fn run_typed(
+        &mut self,
+        inputs: &[Data<'_>],
+        outputs: &mut [DataMut<'_>],
+    ) -> Result<(), Error> {
+        let model = self.model;
+        check_arity("inputs", model.inputs().len(), inputs.len())?;
+        check_arity("outputs", model.outputs().len(), outputs.len())?;
+        let lens = inputs.iter().map(|d| (d.dtype(), d.len()));
+        check_buffers("input", model.inputs(), lens, false)?;
+        let lens = outputs.iter().map(|d| (d.dtype(), d.len()));
+        check_buffers("output", model.outputs(), lens, false)?;
+        self.execute(inputs, outputs);
+        Ok(())
+    }
+
+    /// Runs the nodes; the buffers have been checked against the model.
+    fn execute(&mut self, inputs: &[Data<'_>], outputs: &mut [DataMut<'_>]) {
+        let model = self.model;
         let base = self.arena.as_mut_ptr();
         let arena_len = self.arena.len();
         let plan = model.plan();
         let values = model.values();
-        // SAFETY (for the two helpers below): the planner gives each arena
-        // tensor an in-bounds, f32-aligned extent (offsets are multiples of
-        // 16 from a 16-aligned base, extents ≤ arena_size, checked by
+        // SAFETY (for the views below): the planner gives each arena tensor
+        // an in-bounds, 16-byte-aligned extent (offsets are multiples of 16
+        // from a 16-aligned base, extents ≤ arena_size, checked by
         // `planner::find_overlap` in tests), and no two tensors that are live
         // at the same node overlap unless one is the in-place or alias
         // successor of the other, in which case only one slice is created.
-        let view = |id: usize| -> &[f32] {
+        let view = |id: usize| -> Option<Data<'_>> {
             let v = &values[id];
             match v.kind {
-                ValueKind::Input(k) => inputs[usize::from(k)],
+                ValueKind::Input(k) => inputs.get(usize::from(k)).copied(),
                 _ if plan.offsets[id] != NONE => {
                     let start = plan.offsets[id] as usize;
-                    debug_assert!(start + v.len() * 4 <= arena_len);
+                    debug_assert!(start + v.len() * v.dtype.size() <= arena_len);
                     // SAFETY: see above; the slice is only read while no
                     // mutable slice overlaps it.
-                    unsafe { core::slice::from_raw_parts(base.add(start).cast::<f32>(), v.len()) }
+                    unsafe { arena_view(base, start, v.dtype, v.len()) }
                 }
-                _ => const_in_place(v).unwrap_or(&[]),
+                _ => const_in_place(v),
             }
         };
-        for node in model.nodes() {
+        for (j, node) in model.nodes().iter().enumerate() {
             let Some(out) = node.output.map(usize::from) else {
                 continue;
             };
@@ -127,11 +278,13 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
             let shares_input = (node.op.is_alias() || node.op.in_place())
                 && first_input.is_some_and(|i| plan.offsets[i] == plan.offsets[out]);
             let start = plan.offsets[out] as usize;
-            debug_assert!(start + out_value.len() * 4 <= arena_len);
+            debug_assert!(start + out_value.len() * out_value.dtype.size() <= arena_len);
             // SAFETY: see above; the output's extent overlaps no input slice
             // created below unless `shares_input`, handled without one.
-            let output = unsafe {
-                core::slice::from_raw_parts_mut(base.add(start).cast::<f32>(), out_value.len())
+            let Some(output) =
+                (unsafe { arena_view_mut(base, start, out_value.dtype, out_value.len()) })
+            else {
+                continue;
             };
             if shares_input {
                 if node.op.in_place() {
@@ -142,38 +295,76 @@ impl<'m, 'a, 'r> Session<'m, 'a, 'r> {
             let mut args: heapless::Vec<Option<TensorRef<'_>>, MAX_NODE_INPUTS> =
                 heapless::Vec::new();
             for id in model.node_inputs(node) {
-                let arg = id
-                    .map(usize::from)
-                    .filter(|&i| values[i].dtype == DType::F32)
-                    .map(|i| TensorRef {
-                        data: view(i),
+                let arg = id.map(usize::from).and_then(|i| {
+                    Some(TensorRef {
+                        data: view(i)?,
                         shape: values[i].shape,
-                    });
+                    })
+                });
                 let _ = args.push(arg);
             }
-            ops::eval(&node.op, &args, output, &out_value.shape);
+            let n = node.op.requant_len();
+            let requants: &[Requant] = if n > 0 && plan.requants[j] != NONE {
+                // SAFETY: the planner placed n Requants at this 16-byte
+                // aligned offset for the whole run, overlapping no tensor
+                // (`find_overlap` checks it); `Session::new` wrote them and
+                // nothing writes them afterwards; any bytes are a valid
+                // Requant (two i32, no padding).
+                unsafe {
+                    core::slice::from_raw_parts(
+                        base.add(plan.requants[j] as usize).cast::<Requant>(),
+                        n,
+                    )
+                }
+            } else {
+                &[]
+            };
+            ops::eval(&node.op, &args, output, &out_value.shape, requants);
         }
         for (slot, &id) in outputs.iter_mut().zip(model.output_ids()) {
-            slot.copy_from_slice(view(usize::from(id)));
+            if let Some(data) = view(usize::from(id)) {
+                slot.copy_from(data);
+            }
         }
-        Ok(())
     }
 }
 
+fn check_arity(what: &'static str, expected: usize, got: usize) -> Result<(), Error> {
+    if expected != got {
+        return Err(Error::Arity {
+            what,
+            expected,
+            got,
+        });
+    }
+    Ok(())
+}
+
+/// Checks each buffer's element type and length against its graph value;
+/// `f32_only` reports any non-float32 value as [`Error::DType`] (the
+/// float-only `run`).
 fn check_buffers<'v, 'a: 'v>(
     what: &'static str,
     values: impl ExactSizeIterator<Item = &'v Value<'a>>,
-    lens: impl ExactSizeIterator<Item = usize>,
+    buffers: impl ExactSizeIterator<Item = (DType, usize)>,
+    f32_only: bool,
 ) -> Result<(), Error> {
-    if values.len() != lens.len() {
-        let what = if what == "input" { "inputs" } else { "outputs" };
-        return Err(Error::Arity {
-            what,
-            expected: values.len(),
-            got: lens.len(),
-        });
-    }
-    for (index, (v, got)) in values.zip(lens).enumerate() {
+    for (index, (v, (dtype, got))) in values.zip(buffers).enumerate() {
+        if f32_only && v.dtype != DType::F32 {
+            return Err(Error::DType {
+                value: name(v.name),
+                dtype: v.dtype,
+            });
+        }
+        if v.dtype != dtype {
+            return Err(Error::BufferType {
+                what,
+                index,
+                value: name(v.name),
+                expected: v.dtype,
+                got: dtype,
+            });
+        }
         if v.len() != got {
             return Err(Error::BufferLength {
                 what,
@@ -187,18 +378,36 @@ fn check_buffers<'v, 'a: 'v>(
     Ok(())
 }
 
-/// Decodes an f32 constant that cannot be read in place into `dst`.
+/// Decodes a constant that cannot be read in place into `dst` (its arena
+/// extent, `len × size` bytes), in the target's byte order.
 fn stage_constant(v: &Value<'_>, dst: &mut [u8]) {
-    let mut put = |i: usize, x: f32| {
-        if let Some(d) = dst.get_mut(i * 4..i * 4 + 4) {
-            d.copy_from_slice(&x.to_le_bytes());
+    let size = v.dtype.size();
+    let dtype = v.dtype;
+    // Element i from a 64-bit word: the bits of a float32 or a (sign- or
+    // zero-extended) integer, as the typed fields and `SmallInts` hold them.
+    let mut put = |i: usize, word: u64| {
+        let Some(d) = dst.get_mut(i * size..(i + 1) * size) else {
+            return;
+        };
+        match dtype {
+            DType::F32 | DType::I32 => d.copy_from_slice(&(word as u32).to_ne_bytes()),
+            DType::I8 | DType::U8 => d[0] = word as u8,
+            _ => {}
         }
     };
     match v.constant() {
-        Some(ConstData::F32(x)) => put(0, x),
-        Some(ConstData::Tensor(TensorData::Raw(raw))) => {
-            for (i, c) in raw.chunks_exact(4).enumerate() {
-                put(i, f32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+        Some(ConstData::F32(x)) => put(0, u64::from(x.to_bits())),
+        Some(ConstData::I64(x)) => put(0, x as u64),
+        Some(ConstData::Ints(ints)) => {
+            for (i, x) in ints.iter().enumerate() {
+                put(i, x as u64);
+            }
+        }
+        Some(ConstData::Tensor(TensorData::Raw(raw))) if size > 0 => {
+            for (i, c) in raw.chunks_exact(size).enumerate() {
+                let mut word = [0u8; 8];
+                word[..size].copy_from_slice(c);
+                put(i, u64::from_le_bytes(word));
             }
         }
         Some(ConstData::Tensor(TensorData::Typed {
@@ -207,7 +416,7 @@ fn stage_constant(v: &Value<'_>, dst: &mut [u8]) {
             message,
         })) => {
             for (i, w) in TypedWords::new(message, field, width).enumerate() {
-                put(i, f32::from_bits(w.unwrap_or(0) as u32));
+                put(i, w.unwrap_or(0));
             }
         }
         _ => {}

@@ -54,6 +54,13 @@ impl DType {
             DType::Other(_) => 0,
         }
     }
+
+    /// Whether values of this type can exist at run time: live in the
+    /// arena, flow between nodes, be graph inputs and outputs (float32,
+    /// int8, uint8, int32). The others are load-time constants only.
+    pub fn is_run_time(self) -> bool {
+        matches!(self, DType::F32 | DType::I8 | DType::U8 | DType::I32)
+    }
 }
 
 impl fmt::Display for DType {

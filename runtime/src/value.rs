@@ -109,38 +109,57 @@ impl<'a> Value<'a> {
             ConstData::Ints(ints) => ints.iter().nth(i).map(|v| v as f64),
             ConstData::Tensor(TensorData::Raw(bytes)) => {
                 let size = self.dtype.size();
-                let b = bytes.get(i * size..(i + 1) * size)?;
-                Some(match self.dtype {
-                    DType::F32 => f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-                    DType::F64 => {
-                        f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
-                    }
-                    DType::I64 => {
-                        i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f64
-                    }
-                    DType::I32 => f64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-                    DType::I8 => f64::from(b[0] as i8),
-                    DType::U8 | DType::Bool => f64::from(b[0]),
-                    _ => return None,
-                })
+                decode_le(self.dtype, bytes.get(i * size..(i + 1) * size)?)
+            }
+            ConstData::Tensor(TensorData::Typed {
+                field,
+                width,
+                message,
+            }) => decode_word(
+                self.dtype,
+                TypedWords::new(message, field, width).nth(i)?.ok()?,
+            ),
+            ConstData::Tensor(TensorData::Empty) => None,
+        }
+    }
+
+    /// Calls `f(i, element)` for every element of a constant, in order and
+    /// in one pass (each as [`Value::const_element`] reads it). `None`, after
+    /// the elements before it, if an element cannot be decoded; `None` at
+    /// once if the value is not a constant.
+    pub fn for_each_const(&self, mut f: impl FnMut(usize, f64)) -> Option<()> {
+        let n = self.len();
+        match self.constant()? {
+            ConstData::F32(v) => f(0, f64::from(v)),
+            ConstData::I64(v) => f(0, v as f64),
+            ConstData::Ints(ints) => ints.iter().enumerate().for_each(|(i, v)| f(i, v as f64)),
+            ConstData::Tensor(TensorData::Raw(bytes)) => {
+                let size = self.dtype.size();
+                if size == 0 || bytes.len() / size < n {
+                    return None;
+                }
+                for (i, b) in bytes.chunks_exact(size).take(n).enumerate() {
+                    f(i, decode_le(self.dtype, b)?);
+                }
             }
             ConstData::Tensor(TensorData::Typed {
                 field,
                 width,
                 message,
             }) => {
-                let word = TypedWords::new(message, field, width).nth(i)?.ok()?;
-                Some(match self.dtype {
-                    DType::F32 => f64::from(f32::from_bits(word as u32)),
-                    DType::F64 => f64::from_bits(word),
-                    DType::I64 => word as i64 as f64,
-                    DType::I32 | DType::I8 => f64::from(word as u32 as i32),
-                    DType::U8 | DType::Bool => word as f64,
-                    _ => return None,
-                })
+                let mut count = 0;
+                for (i, w) in TypedWords::new(message, field, width).take(n).enumerate() {
+                    f(i, decode_word(self.dtype, w.ok()?)?);
+                    count += 1;
+                }
+                if count != n {
+                    return None;
+                }
             }
-            ConstData::Tensor(TensorData::Empty) => None,
+            ConstData::Tensor(TensorData::Empty) if n == 0 => {}
+            ConstData::Tensor(TensorData::Empty) => return None,
         }
+        Some(())
     }
 
     /// Reads an integer constant (int64 or int32) into `out`; returns the
@@ -187,4 +206,34 @@ impl<'a> Value<'a> {
         }
         self.const_element(0).map(|v| v as f32)
     }
+}
+
+/// One little-endian element of `dtype`, widened to f64.
+fn decode_le(dtype: DType, b: &[u8]) -> Option<f64> {
+    Some(match (dtype, b) {
+        (DType::F32, &[b0, b1, b2, b3]) => f64::from(f32::from_le_bytes([b0, b1, b2, b3])),
+        (DType::F64, &[b0, b1, b2, b3, b4, b5, b6, b7]) => {
+            f64::from_le_bytes([b0, b1, b2, b3, b4, b5, b6, b7])
+        }
+        (DType::I64, &[b0, b1, b2, b3, b4, b5, b6, b7]) => {
+            i64::from_le_bytes([b0, b1, b2, b3, b4, b5, b6, b7]) as f64
+        }
+        (DType::I32, &[b0, b1, b2, b3]) => f64::from(i32::from_le_bytes([b0, b1, b2, b3])),
+        (DType::I8, &[b0]) => f64::from(b0 as i8),
+        (DType::U8 | DType::Bool, &[b0]) => f64::from(b0),
+        _ => return None,
+    })
+}
+
+/// One word of a typed data field (`float_data`, `int32_data`, ...) of
+/// `dtype`, widened to f64.
+fn decode_word(dtype: DType, word: u64) -> Option<f64> {
+    Some(match dtype {
+        DType::F32 => f64::from(f32::from_bits(word as u32)),
+        DType::F64 => f64::from_bits(word),
+        DType::I64 => word as i64 as f64,
+        DType::I32 | DType::I8 => f64::from(word as u32 as i32),
+        DType::U8 | DType::Bool => word as f64,
+        _ => return None,
+    })
 }

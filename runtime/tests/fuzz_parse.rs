@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
-use tinykd_runtime::{planner::find_overlap, Bindings, Model, Session};
+use tinykd_runtime::{planner::find_overlap, Bindings, DType, Data, DataMut, Model, Session};
 
 /// Cases run by `fuzz_mutated_models` unless `TINYKD_FUZZ_CASES` says otherwise.
 const DEFAULT_CASES: usize = 60_000;
@@ -370,7 +370,8 @@ const OP_TYPES: &[&str] = &[
     "Div", "Dropout", "Flatten", "Gemm", "GlobalAveragePool", "HardSigmoid",
     "HardSwish", "Identity", "LeakyRelu", "LogSoftmax", "MatMul", "MaxPool", "Mul",
     "Pad", "Relu", "Reshape", "Sigmoid", "Softmax", "Squeeze", "Sub", "Tanh",
-    "Transpose", "Unsqueeze", "NoSuchOp", "",
+    "Transpose", "Unsqueeze", "QuantizeLinear", "DequantizeLinear", "QLinearConv",
+    "QLinearMatMul", "ConvInteger", "MatMulInteger", "NoSuchOp", "",
 ];
 
 #[rustfmt::skip]
@@ -379,7 +380,8 @@ const ATTR_NAMES: &[&str] = &[
     "transA", "transB", "alpha", "beta", "epsilon", "auto_pad", "ceil_mode",
     "count_include_pad", "allowzero", "min", "max", "mode", "value", "value_float",
     "value_floats", "value_int", "value_ints", "ratio", "spatial", "training_mode",
-    "storage_order", "seed", "is_test", "momentum", "bogus",
+    "storage_order", "seed", "is_test", "momentum", "block_size", "output_dtype",
+    "precision", "saturate", "bogus",
 ];
 
 #[rustfmt::skip]
@@ -506,7 +508,7 @@ fn value_names(graph: &[Field]) -> Vec<Vec<u8>> {
 /// unknown-attribute check and reach the op's validation.
 fn op_attributes(op_type: &[u8]) -> &'static [&'static str] {
     match op_type {
-        b"Conv" => &[
+        b"Conv" | b"QLinearConv" | b"ConvInteger" => &[
             "auto_pad",
             "dilations",
             "group",
@@ -535,6 +537,14 @@ fn op_attributes(op_type: &[u8]) -> &'static [&'static str] {
         b"HardSigmoid" => &["alpha", "beta"],
         b"BatchNormalization" => &["epsilon", "momentum", "spatial", "training_mode"],
         b"Dropout" => &["ratio", "is_test", "seed"],
+        b"QuantizeLinear" => &[
+            "axis",
+            "block_size",
+            "output_dtype",
+            "precision",
+            "saturate",
+        ],
+        b"DequantizeLinear" => &["axis", "block_size", "output_dtype"],
         b"Constant" => &[
             "value",
             "value_float",
@@ -1555,6 +1565,13 @@ fn check_model(bytes: &[u8], previous: &[u8], input_seed: u64) -> Result<Outcome
                 .collect()
         })
         .collect();
+    if model
+        .inputs()
+        .chain(model.outputs())
+        .any(|v| v.dtype != DType::F32)
+    {
+        return run_typed(&model, &inputs);
+    }
     let input_refs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
 
     // Session A runs twice in an arena of one fill pattern, session B once
@@ -1593,6 +1610,119 @@ fn check_model(bytes: &[u8], previous: &[u8], input_seed: u64) -> Result<Outcome
                 if results.first().is_some_and(|first| *first != bits) {
                     return Err(format!(
                         "outputs differ between runs (run {} in an arena filled with {fill:#x})",
+                        results.len()
+                    ));
+                }
+                results.push(bits);
+            }
+        }
+        if arena[..skip]
+            .iter()
+            .chain(&arena[end..])
+            .any(|&b| b != fill)
+        {
+            return Err("the session wrote outside its planned arena extent".into());
+        }
+    }
+    Ok(Outcome::Ran)
+}
+
+/// A graph input or output buffer of any run-time element type.
+enum Buffer {
+    F32(Vec<f32>),
+    I8(Vec<i8>),
+    U8(Vec<u8>),
+    I32(Vec<i32>),
+}
+
+impl Buffer {
+    /// `n` elements of `dtype`, every byte `fill`.
+    fn filled(dtype: DType, n: usize, fill: u8) -> Buffer {
+        let word = u32::from_ne_bytes([fill; 4]);
+        match dtype {
+            DType::F32 => Buffer::F32(vec![f32::from_bits(word); n]),
+            DType::I8 => Buffer::I8(vec![fill as i8; n]),
+            DType::U8 => Buffer::U8(vec![fill; n]),
+            _ => Buffer::I32(vec![word as i32; n]),
+        }
+    }
+
+    /// `values` converted to `dtype` (integers scaled and saturated).
+    fn from_f32(dtype: DType, values: &[f32]) -> Buffer {
+        match dtype {
+            DType::F32 => Buffer::F32(values.to_vec()),
+            DType::I8 => Buffer::I8(values.iter().map(|&v| (v * 40.0) as i8).collect()),
+            DType::U8 => Buffer::U8(values.iter().map(|&v| (v * 40.0 + 128.0) as u8).collect()),
+            _ => Buffer::I32(values.iter().map(|&v| (v * 1000.0) as i32).collect()),
+        }
+    }
+
+    fn data(&self) -> Data<'_> {
+        match self {
+            Buffer::F32(v) => Data::F32(v),
+            Buffer::I8(v) => Data::I8(v),
+            Buffer::U8(v) => Data::U8(v),
+            Buffer::I32(v) => Data::I32(v),
+        }
+    }
+
+    fn data_mut(&mut self) -> DataMut<'_> {
+        match self {
+            Buffer::F32(v) => DataMut::F32(v),
+            Buffer::I8(v) => DataMut::I8(v),
+            Buffer::U8(v) => DataMut::U8(v),
+            Buffer::I32(v) => DataMut::I32(v),
+        }
+    }
+
+    /// The elements' bits, to compare runs exactly.
+    fn bits(&self) -> Vec<u32> {
+        match self {
+            Buffer::F32(v) => v.iter().map(|x| x.to_bits()).collect(),
+            Buffer::I8(v) => v.iter().map(|&x| x as u8 as u32).collect(),
+            Buffer::U8(v) => v.iter().map(|&x| x as u32).collect(),
+            Buffer::I32(v) => v.iter().map(|&x| x as u32).collect(),
+        }
+    }
+}
+
+/// `check_model`'s run for a model with non-float32 graph inputs or
+/// outputs, through `run_typed`: three runs in two arenas of different
+/// fills, each with output buffers pre-filled with a different byte, must
+/// agree bit for bit (so every output element was written and nothing read
+/// an unwritten arena byte), and nothing may be written outside the arena.
+fn run_typed(model: &Model<'_>, inputs: &[Vec<f32>]) -> Result<Outcome, String> {
+    let inputs: Vec<Buffer> = model
+        .inputs()
+        .zip(inputs)
+        .map(|(v, x)| Buffer::from_f32(v.dtype, x))
+        .collect();
+    let input_data: Vec<Data<'_>> = inputs.iter().map(Buffer::data).collect();
+    let mut results: Vec<Vec<Vec<u32>>> = Vec::new();
+    let mut prefill = [0x5au8, 0xc3, 0x3c].into_iter();
+    for (fill, runs) in [(0xa5u8, 2), (0xff, 1)] {
+        let mut arena = vec![fill; model.arena_size() + 16 + GUARD];
+        let skip = arena.as_ptr().align_offset(16);
+        let end = skip + model.arena_size();
+        {
+            let mut session =
+                Session::new(model, &mut arena).map_err(|e| format!("Session::new failed: {e}"))?;
+            for _ in 0..runs {
+                let byte = prefill.next().unwrap_or(0);
+                let mut outputs: Vec<Buffer> = model
+                    .outputs()
+                    .map(|v| Buffer::filled(v.dtype, v.len(), byte))
+                    .collect();
+                let mut output_data: Vec<DataMut<'_>> =
+                    outputs.iter_mut().map(Buffer::data_mut).collect();
+                session
+                    .run_typed(&input_data, &mut output_data)
+                    .map_err(|e| format!("run_typed failed: {e}"))?;
+                let bits: Vec<Vec<u32>> = outputs.iter().map(Buffer::bits).collect();
+                if results.first().is_some_and(|first| *first != bits) {
+                    return Err(format!(
+                        "typed outputs differ between runs (run {} in an arena filled with \
+                         {fill:#x}): unwritten or nondeterministic",
                         results.len()
                     ));
                 }

@@ -1,6 +1,6 @@
 //! Add, Sub, Mul, Div with multidirectional (numpy) broadcasting.
 
-use super::{NodeCtx, Op, Output, TensorRef};
+use super::{NodeCtx, Op, Output, Tensor};
 use crate::error::Error;
 use crate::kernels::generic::binary::{binary_f32, broadcast_shape, BinaryOp};
 use crate::tensor::{Shape, MAX_RANK};
@@ -30,8 +30,8 @@ fn expand(shape: &Shape, rank: usize) -> [usize; MAX_RANK] {
 
 pub(super) fn eval(
     op: BinaryOp,
-    a: TensorRef<'_>,
-    b: Option<TensorRef<'_>>,
+    a: Tensor<'_, f32>,
+    b: Option<Tensor<'_, f32>>,
     y: &mut [f32],
     y_shape: &Shape,
 ) {

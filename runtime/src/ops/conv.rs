@@ -4,6 +4,8 @@ use super::{NodeCtx, Op, Output};
 use crate::error::Error;
 use crate::kernels::generic::activation::Activation;
 use crate::kernels::generic::conv::{conv2d_f32, ConvGeometry};
+use crate::tensor::Shape;
+use crate::value::Value;
 
 /// A prepared Conv.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -200,16 +202,44 @@ pub fn spatial_params(
 
 pub(super) fn prepare<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Error> {
     ctx.check_arity(2, 3)?;
-    ctx.check_attributes(&[
-        "auto_pad",
-        "dilations",
-        "group",
-        "kernel_shape",
-        "pads",
-        "strides",
-    ])?;
+    ctx.check_attributes(ATTRIBUTES)?;
     let x = ctx.f32_input(0)?;
     let w = ctx.f32_input(1)?;
+    let (geometry, shape) = geometry(ctx, x, w)?;
+    if let Some(b) = ctx.optional_input(2) {
+        if b.dtype != crate::tensor::DType::F32
+            || b.shape.rank() != 1
+            || b.shape.dim(0) != geometry.out_channels
+        {
+            return Err(ctx.err(b.name, "bias must be float32 of shape [out_channels]"));
+        }
+    }
+    Ok((
+        Op::Conv(Conv {
+            geometry,
+            activation: Activation::None,
+        }),
+        Output::f32(shape),
+    ))
+}
+
+/// The attributes of Conv, QLinearConv and ConvInteger.
+pub(super) const ATTRIBUTES: &[&str] = &[
+    "auto_pad",
+    "dilations",
+    "group",
+    "kernel_shape",
+    "pads",
+    "strides",
+];
+
+/// Checks a convolution's input `x` and weight `w` (of any element type)
+/// against its attributes; returns the geometry and the output shape.
+pub(super) fn geometry(
+    ctx: &NodeCtx,
+    x: &Value<'_>,
+    w: &Value<'_>,
+) -> Result<(ConvGeometry, Shape), Error> {
     let rank = x.shape.rank();
     if !(3..=4).contains(&rank) || w.shape.rank() != rank {
         if rank > 4 && w.shape.rank() == rank {
@@ -245,14 +275,6 @@ pub(super) fn prepare<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Err
             return Err(ctx.attr_err("kernel_shape", "does not match the weight's spatial dims"));
         }
     }
-    if let Some(b) = ctx.optional_input(2) {
-        if b.dtype != crate::tensor::DType::F32
-            || b.shape.rank() != 1
-            || b.shape.dim(0) != out_channels
-        {
-            return Err(ctx.err(b.name, "bias must be float32 of shape [out_channels]"));
-        }
-    }
     let p = spatial_params(ctx, &xd[2..rank], &wd[2..rank], false)?;
     let geometry = ConvGeometry {
         batch,
@@ -277,21 +299,19 @@ pub(super) fn prepare<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Err
     } else {
         ctx.shape(&[batch, out_channels, p.out[1]])?
     };
-    Ok((
-        Op::Conv(Conv {
-            geometry,
-            activation: Activation::None,
-        }),
-        Output::f32(shape),
-    ))
+    Ok((geometry, shape))
+}
+
+/// Multiply-accumulates of one convolution run.
+pub fn macs(g: &ConvGeometry) -> u64 {
+    let per_output = (g.in_channels / g.groups.max(1)) * g.kernel_h * g.kernel_w;
+    (g.batch * g.out_channels * g.out_h * g.out_w) as u64 * per_output as u64
 }
 
 impl Conv {
     /// Multiply-accumulates per run.
     pub fn macs(&self) -> u64 {
-        let g = &self.geometry;
-        let per_output = (g.in_channels / g.groups.max(1)) * g.kernel_h * g.kernel_w;
-        (g.batch * g.out_channels * g.out_h * g.out_w) as u64 * per_output as u64
+        macs(&self.geometry)
     }
 
     pub(super) fn eval(&self, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {

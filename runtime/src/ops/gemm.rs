@@ -1,6 +1,6 @@
 //! Gemm: y = act(alpha · op(A) · op(B) + beta · C).
 
-use super::{NodeCtx, Op, Output, TensorRef};
+use super::{NodeCtx, Op, Output, Tensor};
 use crate::error::Error;
 use crate::kernels::generic::activation::Activation;
 use crate::kernels::generic::matmul::matmul_f32;
@@ -83,7 +83,7 @@ impl Gemm {
         (self.m * self.k * self.n) as u64
     }
 
-    pub(super) fn eval(&self, a: &[f32], b: &[f32], c: Option<TensorRef<'_>>, y: &mut [f32]) {
+    pub(super) fn eval(&self, a: &[f32], b: &[f32], c: Option<Tensor<'_, f32>>, y: &mut [f32]) {
         let (m, k, n) = (self.m, self.k, self.n);
         let (a_rs, a_cs) = if self.trans_a { (1, m) } else { (k, 1) };
         let (b_rs, b_cs) = if self.trans_b { (1, k) } else { (n, 1) };

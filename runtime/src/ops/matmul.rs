@@ -1,11 +1,12 @@
 //! MatMul with numpy semantics: 1-D operands are promoted, leading (batch)
 //! dimensions broadcast.
 
-use super::{NodeCtx, Op, Output, TensorRef};
+use super::{NodeCtx, Op, Output, Tensor};
 use crate::error::Error;
 use crate::kernels::generic::binary::broadcast_shape;
 use crate::kernels::generic::matmul::matmul_f32;
 use crate::tensor::{Shape, MAX_RANK};
+use crate::value::Value;
 
 /// A prepared MatMul.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +31,17 @@ pub(super) fn prepare<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Err
     ctx.check_attributes(&[])?;
     let a = ctx.f32_input(0)?;
     let b = ctx.f32_input(1)?;
+    let (mm, shape) = shapes(ctx, a, b)?;
+    Ok((Op::MatMul(mm), Output::f32(shape)))
+}
+
+/// Checks that A and B (of any element type) multiply as numpy.matmul
+/// does, and infers the output shape.
+pub(super) fn shapes(
+    ctx: &NodeCtx,
+    a: &Value<'_>,
+    b: &Value<'_>,
+) -> Result<(MatMul, Shape), Error> {
     let (ra, rb) = (a.shape.rank(), b.shape.rank());
     if ra == 0 || rb == 0 {
         return Err(ctx.err(a.name, "MatMul operands must have rank ≥ 1"));
@@ -64,10 +76,7 @@ pub(super) fn prepare<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Err
     if rank > MAX_RANK {
         return Err(ctx.err("", "output rank too large"));
     }
-    Ok((
-        Op::MatMul(MatMul { m, k, n }),
-        Output::f32(ctx.shape(&out[..rank])?),
-    ))
+    Ok((MatMul { m, k, n }, ctx.shape(&out[..rank])?))
 }
 
 impl MatMul {
@@ -79,19 +88,48 @@ impl MatMul {
 
     pub(super) fn eval(
         &self,
-        a: TensorRef<'_>,
-        b: Option<TensorRef<'_>>,
+        a: Tensor<'_, f32>,
+        b: Option<Tensor<'_, f32>>,
         y: &mut [f32],
         y_shape: &Shape,
     ) {
         let Some(b) = b else { return };
         let (m, k, n) = (self.m, self.k, self.n);
-        let (ba, na) = batch_dims(&a.shape);
-        let (bb, nb) = batch_dims(&b.shape);
-        let batches = y.len() / (m * n).max(1);
+        self.for_each_batch(&a.shape, &b.shape, y_shape, |t, ia, ib| {
+            let a_mat = &a.data[ia * m * k..(ia + 1) * m * k];
+            let b_mat = &b.data[ib * k * n..(ib + 1) * k * n];
+            matmul_f32(
+                m,
+                k,
+                n,
+                a_mat,
+                k,
+                1,
+                b_mat,
+                n,
+                1,
+                &mut y[t * m * n..(t + 1) * m * n],
+            );
+        });
+    }
+
+    /// Calls `f(t, ia, ib)` for every output matrix `t` (in order) with the
+    /// indices of the A and B matrices it multiplies, broadcasting the batch
+    /// dims.
+    pub fn for_each_batch(
+        &self,
+        a_shape: &Shape,
+        b_shape: &Shape,
+        y_shape: &Shape,
+        mut f: impl FnMut(usize, usize, usize),
+    ) {
+        let (m, n) = (self.m, self.n);
+        let (ba, na) = batch_dims(a_shape);
+        let (bb, nb) = batch_dims(b_shape);
+        let batches = y_shape.num_elements().unwrap_or(0) / (m * n).max(1);
         let out_batch_rank = y_shape
             .rank()
-            .saturating_sub(usize::from(a.shape.rank() > 1) + usize::from(b.shape.rank() > 1));
+            .saturating_sub(usize::from(a_shape.rank() > 1) + usize::from(b_shape.rank() > 1));
         // Strides (in matrices) of each operand over the output batch index,
         // 0 where the operand broadcasts.
         let mut sa = [0usize; MAX_RANK];
@@ -118,20 +156,7 @@ impl MatMul {
                 ia += index[i] * sa[i];
                 ib += index[i] * sb[i];
             }
-            let a_mat = &a.data[ia * m * k..(ia + 1) * m * k];
-            let b_mat = &b.data[ib * k * n..(ib + 1) * k * n];
-            matmul_f32(
-                m,
-                k,
-                n,
-                a_mat,
-                k,
-                1,
-                b_mat,
-                n,
-                1,
-                &mut y[t * m * n..(t + 1) * m * n],
-            );
+            f(t, ia, ib);
             for i in (0..out_batch_rank).rev() {
                 index[i] += 1;
                 if index[i] < yd[i] {

@@ -6,12 +6,16 @@ pub mod binary;
 pub mod concat;
 pub mod constant;
 pub mod conv;
+mod data;
 pub mod fold;
 pub mod gemm;
+pub mod integer;
 pub mod matmul;
 pub mod normalization;
 pub mod pad;
 pub mod pool;
+pub mod qlinear;
+pub mod quantize;
 pub mod reshape;
 pub mod softmax;
 pub mod transpose;
@@ -22,8 +26,12 @@ use crate::kernels::generic::activation::Activation;
 use crate::kernels::generic::binary::BinaryOp;
 use crate::limits::MAX_ATTRIBUTES;
 use crate::proto::onnx::{AttributeKind, AttributeView, NodeView};
+use crate::quant::{QElem, Requant};
 use crate::tensor::{DType, Shape};
 use crate::value::Value;
+
+pub(crate) use data::{any_type, q8, q8_mut, zero_points, ZeroPoints};
+pub use data::{Data, DataMut, Elem, Tensor, TensorRef};
 
 /// A prepared operator with everything `eval` needs precomputed.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -57,6 +65,18 @@ pub enum Op {
     Concat(concat::Concat),
     /// Pad (constant mode).
     Pad(pad::Pad),
+    /// QuantizeLinear (float32 to int8/uint8).
+    Quantize(quantize::Quantize),
+    /// DequantizeLinear (int8/uint8/int32 to float32).
+    Dequantize(quantize::Dequantize),
+    /// QLinearConv: int8/uint8 convolution, requantized output.
+    QLinearConv(qlinear::QLinearConv),
+    /// QLinearMatMul: int8/uint8 matrix product, requantized output.
+    QLinearMatMul(qlinear::QLinearMatMul),
+    /// ConvInteger: int8/uint8 convolution, int32 output.
+    ConvInteger(integer::ConvInteger),
+    /// MatMulInteger: int8/uint8 matrix product, int32 output.
+    MatMulInteger(matmul::MatMul),
     /// Nothing to run: a `Constant` node, or an activation fused into the
     /// node before it.
     Nop,
@@ -79,8 +99,22 @@ impl Op {
     pub fn macs(&self, output: &Shape) -> u64 {
         match self {
             Op::Conv(c) => c.macs(),
+            Op::QLinearConv(c) => conv::macs(&c.geometry),
+            Op::ConvInteger(c) => conv::macs(&c.geometry),
             Op::Gemm(g) => g.macs(),
-            Op::MatMul(m) => m.macs(output),
+            Op::MatMul(m) | Op::MatMulInteger(m) => m.macs(output),
+            Op::QLinearMatMul(q) => q.matmul.macs(output),
+            _ => 0,
+        }
+    }
+
+    /// How many [`Requant`]s the op keeps in the arena for the whole run:
+    /// computed once from its constant scales by `Session::new` (see
+    /// [`fill_requants`]), read by [`eval`]. 0 for most ops.
+    pub fn requant_len(&self) -> usize {
+        match self {
+            Op::QLinearConv(c) => c.requants,
+            Op::QLinearMatMul(m) => m.requants,
             _ => 0,
         }
     }
@@ -109,8 +143,13 @@ pub struct Output<'a> {
 impl Output<'_> {
     /// An f32 output of the given shape.
     pub fn f32(shape: Shape) -> Self {
+        Self::typed(DType::F32, shape)
+    }
+
+    /// A run-time output of element type `dtype`.
+    pub fn typed(dtype: DType, shape: Shape) -> Self {
         Output {
-            dtype: DType::F32,
+            dtype,
             shape,
             constant: None,
         }
@@ -128,6 +167,8 @@ const OP_VERSIONS: &[(&str, &[u32], u32)] = &[
     ("Concat", &[1, 4, 11, 13], 4),
     ("Constant", &[1, 9, 11, 12, 13, 19, 21, 23, 24, 25], 1),
     ("Conv", &[1, 11, 22], 1),
+    ("ConvInteger", &[10], 10),
+    ("DequantizeLinear", &[10, 13, 19, 21, 23, 24, 25], 10),
     ("Div", &[1, 6, 7, 13, 14], 7),
     ("Dropout", &[1, 6, 7, 10, 12, 13, 22], 7),
     ("Flatten", &[1, 9, 11, 13, 21, 23, 24, 25], 1),
@@ -139,9 +180,13 @@ const OP_VERSIONS: &[(&str, &[u32], u32)] = &[
     ("LeakyRelu", &[1, 6, 16], 6),
     ("LogSoftmax", &[1, 11, 13], 1),
     ("MatMul", &[1, 9, 13], 1),
+    ("MatMulInteger", &[10], 10),
     ("MaxPool", &[1, 8, 10, 11, 12, 22], 1),
     ("Mul", &[1, 6, 7, 13, 14], 7),
     ("Pad", &[1, 2, 11, 13, 18, 19, 21, 23, 24, 25], 2),
+    ("QLinearConv", &[10], 10),
+    ("QLinearMatMul", &[10, 21], 10),
+    ("QuantizeLinear", &[10, 13, 19, 21, 23, 24, 25], 10),
     ("Relu", &[1, 6, 13, 14], 6),
     ("Reshape", &[1, 5, 13, 14, 19, 21, 23, 24, 25], 5),
     ("Sigmoid", &[1, 6, 13], 6),
@@ -318,13 +363,14 @@ impl<'c, 'a> NodeCtx<'c, 'a> {
 
     /// Input `i`, which must be present and f32.
     pub fn f32_input(&self, i: usize) -> Result<&'c Value<'a>, Error> {
+        self.typed_input(i, &[DType::F32])
+    }
+
+    /// Input `i`, which must be present and of one of the types `allowed`
+    /// (else [`Error::DType`]).
+    pub fn typed_input(&self, i: usize, allowed: &[DType]) -> Result<&'c Value<'a>, Error> {
         let v = self.input(i)?;
-        if v.dtype != DType::F32 {
-            return Err(Error::DType {
-                value: name(v.name),
-                dtype: v.dtype,
-            });
-        }
+        check_dtype(v, allowed)?;
         Ok(v)
     }
 
@@ -383,6 +429,24 @@ impl<'c, 'a> NodeCtx<'c, 'a> {
     }
 }
 
+/// Element types every layout op (reshape, transpose, concat, pad) moves.
+pub const RUN_TIME_TYPES: &[DType] = &[DType::F32, DType::I8, DType::U8, DType::I32];
+
+/// The 8-bit quantized element types.
+pub const Q8_TYPES: &[DType] = &[DType::I8, DType::U8];
+
+/// [`Error::DType`] unless `v`'s element type is one of `allowed`.
+pub fn check_dtype(v: &Value<'_>, allowed: &[DType]) -> Result<(), Error> {
+    if allowed.contains(&v.dtype) {
+        Ok(())
+    } else {
+        Err(Error::DType {
+            value: name(v.name),
+            dtype: v.dtype,
+        })
+    }
+}
+
 /// Parses and checks one node; returns its prepared op and output.
 pub fn prepare<'a>(ctx: &NodeCtx<'_, 'a>, opset: i64) -> Result<(Op, Output<'a>), Error> {
     if let Some(folded) = fold::try_fold(ctx, opset) {
@@ -413,6 +477,12 @@ pub fn prepare<'a>(ctx: &NodeCtx<'_, 'a>, opset: i64) -> Result<(Op, Output<'a>)
         "Concat" => concat::prepare(ctx),
         "Pad" => pad::prepare(ctx),
         "Constant" => constant::prepare(ctx),
+        "QuantizeLinear" => quantize::prepare_quantize(ctx),
+        "DequantizeLinear" => quantize::prepare_dequantize(ctx),
+        "QLinearConv" => qlinear::prepare_conv(ctx),
+        "QLinearMatMul" => qlinear::prepare_matmul(ctx),
+        "ConvInteger" => integer::prepare_conv(ctx),
+        "MatMulInteger" => integer::prepare_matmul(ctx),
         _ => Err(Error::UnsupportedOp {
             at: ctx.at(),
             detail: name(""),
@@ -420,54 +490,99 @@ pub fn prepare<'a>(ctx: &NodeCtx<'_, 'a>, opset: i64) -> Result<(Op, Output<'a>)
     }
 }
 
-/// One input tensor at run time.
-#[derive(Clone, Copy, Debug)]
-pub struct TensorRef<'t> {
-    /// Elements, row-major.
-    pub data: &'t [f32],
-    /// Its shape.
-    pub shape: Shape,
-}
-
 /// Runs a prepared op. `inputs` holds every declared input (`None` where an
-/// optional one is omitted); `output` is the output buffer.
-pub fn eval(op: &Op, inputs: &[Option<TensorRef<'_>>], output: &mut [f32], output_shape: &Shape) {
+/// optional one is omitted, or where the input is only read at load time);
+/// `output` is the output buffer, of the type `prepare` gave the output;
+/// `requants` the op's arena entries (see [`Op::requant_len`]).
+pub fn eval(
+    op: &Op,
+    inputs: &[Option<TensorRef<'_>>],
+    output: DataMut<'_>,
+    output_shape: &Shape,
+    requants: &[Requant],
+) {
     let input = |i: usize| inputs.get(i).copied().flatten();
     let Some(x) = input(0) else {
         return;
     };
     match op {
-        Op::Conv(c) => c.eval(
-            x.data,
-            input(1).map_or(&[][..], |w| w.data),
-            input(2).map(|b| b.data),
-            output,
-        ),
-        Op::Gemm(g) => g.eval(
-            x.data,
-            input(1).map_or(&[][..], |b| b.data),
-            input(2),
-            output,
-        ),
+        Op::Reshape => {
+            let mut output = output;
+            output.copy_from(x.data);
+        }
+        Op::Transpose(t) => any_type!(output, |y| t.eval(x, y)),
+        Op::Concat(c) => any_type!(output, |y| c.eval(inputs, y)),
+        Op::Pad(p) => any_type!(output, |y| p.eval(x, input(2), y)),
+        Op::Pool(p) => p.eval(x.data, output),
+        Op::Quantize(q) => q.eval(x, input(1), input(2), output),
+        Op::Dequantize(d) => d.eval(x, input(1), input(2), output),
+        Op::QLinearConv(c) => c.eval(inputs, requants, output),
+        Op::QLinearMatMul(m) => m.eval(inputs, requants, output, output_shape),
+        Op::ConvInteger(c) => c.eval(inputs, output),
+        Op::MatMulInteger(m) => integer::eval_matmul(m, inputs, output, output_shape),
+        _ => {
+            if let DataMut::F32(y) = output {
+                eval_f32(op, inputs, y, output_shape);
+            }
+        }
+    }
+}
+
+/// The float-only ops: every input they read at run time is f32 (checked
+/// by `prepare`), so each is handed `&[f32]` views.
+fn eval_f32(op: &Op, inputs: &[Option<TensorRef<'_>>], output: &mut [f32], output_shape: &Shape) {
+    let input = |i: usize| inputs.get(i).copied().flatten().and_then(TensorRef::typed);
+    let data = |i: usize| input(i).map_or(&[][..], |t: Tensor<'_, f32>| t.data);
+    let Some(x) = input(0) else {
+        return;
+    };
+    match op {
+        Op::Conv(c) => c.eval(x.data, data(1), input(2).map(|b| b.data), output),
+        Op::Gemm(g) => g.eval(x.data, data(1), input(2), output),
         Op::MatMul(m) => m.eval(x, input(1), output, output_shape),
         Op::Binary(b) => binary::eval(*b, x, input(1), output, output_shape),
         Op::Unary(act) => crate::kernels::generic::unary::unary_f32(*act, x.data, output),
         Op::ClipDynamic => unary::eval_clip(x.data, input(1), input(2), output),
         Op::Softmax(s) => s.eval(x.data, output),
-        Op::Pool(p) => p.eval(x.data, output),
         Op::GlobalAveragePool => pool::eval_global(x, output),
-        Op::BatchNorm(bn) => bn.eval(x, inputs, output),
-        Op::Reshape => output.copy_from_slice(x.data),
-        Op::Transpose(t) => t.eval(x, output),
-        Op::Concat(c) => c.eval(inputs, output),
-        Op::Pad(p) => p.eval(x, input(2), output),
-        Op::Nop => {}
+        Op::BatchNorm(bn) => bn.eval(x, [data(1), data(2), data(3), data(4)], output),
+        _ => {}
     }
 }
 
 /// Runs an op whose output shares input 0's buffer (see [`Op::in_place`]).
-pub fn eval_in_place(op: &Op, data: &mut [f32]) {
-    if let Op::Unary(act) = op {
+pub fn eval_in_place(op: &Op, data: DataMut<'_>) {
+    if let (Op::Unary(act), DataMut::F32(data)) = (op, data) {
         crate::kernels::generic::unary::unary_in_place_f32(*act, data);
+    }
+}
+
+/// Computes the arena entries of an op with [`Op::requant_len`] > 0 from
+/// its constant inputs (`inputs` as in `prepare`). Writes nothing for
+/// other ops.
+pub fn fill_requants(op: &Op, inputs: &[Option<&Value<'_>>], out: &mut [Requant]) {
+    if op.requant_len() > 0 {
+        qlinear::fill_requants(inputs, out);
+    }
+}
+
+/// Reads a quantized zero point constant `v` (one per entry) as `T`'s
+/// range allows, reporting an out-of-range value against the node.
+pub(crate) fn check_zero_points<T: QElem>(ctx: &NodeCtx, v: &Value<'_>) -> Result<(), Error> {
+    if v.constant().is_none() {
+        return Ok(()); // a run-time zero point is in range by its type
+    }
+    let mut bad = None;
+    let read = v.for_each_const(|i, z| {
+        if bad.is_none() {
+            if let Err(e) = crate::quant::check_zero_point::<T>("zero point", i, z as i64) {
+                bad = Some(e);
+            }
+        }
+    });
+    match (read, bad) {
+        (None, _) => Err(ctx.err(v.name, "unreadable constant")),
+        (_, Some(e)) => Err(ctx.err(v.name, e.reason())),
+        _ => Ok(()),
     }
 }

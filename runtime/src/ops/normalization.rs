@@ -1,6 +1,6 @@
 //! BatchNormalization in inference mode.
 
-use super::{NodeCtx, Op, Output, TensorRef};
+use super::{NodeCtx, Op, Output, Tensor};
 use crate::error::Error;
 use crate::kernels::generic::batchnorm::batch_norm_f32;
 
@@ -45,8 +45,9 @@ pub(super) fn prepare<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Err
 }
 
 impl BatchNorm {
-    pub(super) fn eval(&self, x: TensorRef<'_>, inputs: &[Option<TensorRef<'_>>], y: &mut [f32]) {
-        let p = |i: usize| inputs.get(i).copied().flatten().map_or(&[][..], |t| t.data);
+    /// `params`: scale, bias, mean and variance.
+    pub(super) fn eval(&self, x: Tensor<'_, f32>, params: [&[f32]; 4], y: &mut [f32]) {
+        let [scale, bias, mean, var] = params;
         let rank = x.shape.rank();
         let (batch, channels) = (x.shape.dim(0), x.shape.dim(1));
         let spatial = x.shape.product(2..rank);
@@ -55,10 +56,10 @@ impl BatchNorm {
             batch,
             channels,
             spatial,
-            p(1),
-            p(2),
-            p(3),
-            p(4),
+            scale,
+            bias,
+            mean,
+            var,
             self.epsilon,
             y,
         );

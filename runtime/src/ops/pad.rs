@@ -1,8 +1,8 @@
 //! Pad, constant mode (negative pads crop).
 
-use super::{NodeCtx, Op, Output, TensorRef};
+use super::{Elem, NodeCtx, Op, Output, TensorRef, RUN_TIME_TYPES};
 use crate::error::Error;
-use crate::kernels::generic::pad::pad_constant_f32;
+use crate::kernels::generic::pad::pad_constant;
 use crate::tensor::{DType, MAX_RANK};
 
 /// A prepared Pad.
@@ -12,12 +12,18 @@ pub struct Pad {
     pub begin: [i32; MAX_RANK],
     /// Elements added (negative: removed) after each axis.
     pub end: [i32; MAX_RANK],
-    /// The fill value when it is an attribute or a constant.
-    pub value: f32,
+    /// The fill value when it is an attribute or a constant (converted to
+    /// the element type; a `constant_value` input read at run time wins).
+    pub value: f64,
 }
 
 pub(super) fn prepare<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Error> {
-    let x = ctx.f32_input(0)?;
+    // Pad-2 pads floats only; Pad-11 and later any numeric type.
+    let x = if ctx.version < 11 {
+        ctx.f32_input(0)?
+    } else {
+        ctx.typed_input(0, RUN_TIME_TYPES)?
+    };
     let rank = x.shape.rank();
     let mut pads = [0i64; 2 * MAX_RANK];
     let mut value = 0.0;
@@ -28,16 +34,22 @@ pub(super) fn prepare<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Err
         n = ctx
             .attr_ints("pads", &mut pads)?
             .ok_or_else(|| ctx.attr_err("pads", "is required"))?;
-        value = ctx.attr_float("value", 0.0)?;
+        value = f64::from(ctx.attr_float("value", 0.0)?);
     } else {
         ctx.check_arity(2, if ctx.version >= 18 { 4 } else { 3 })?;
         ctx.check_attributes(&["mode"])?;
         n = ctx.const_ints(1, &mut pads)?;
         if let Some(v) = ctx.optional_input(2) {
-            if v.dtype != DType::F32 || v.len() != 1 {
-                return Err(ctx.err(v.name, "constant_value must be a float32 scalar"));
+            if v.dtype != x.dtype || v.len() != 1 {
+                return Err(ctx.err(
+                    v.name,
+                    "constant_value must be a scalar of the input's element type",
+                ));
             }
-            value = v.const_scalar_f32().unwrap_or(0.0);
+            value = v.const_element(0).unwrap_or(0.0);
+            if x.dtype != DType::F32 && value != f64::from(value as i32) {
+                return Err(ctx.err(v.name, "constant_value is not an integer of its type"));
+            }
         }
     }
     if ctx.attr_string("mode", "constant")? != "constant" {
@@ -84,11 +96,19 @@ pub(super) fn prepare<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Err
         p.end[a] = e as i32;
         out[a] = size as usize;
     }
-    Ok((Op::Pad(p), Output::f32(ctx.shape(&out[..rank])?)))
+    Ok((Op::Pad(p), Output::typed(x.dtype, ctx.shape(&out[..rank])?)))
 }
 
 impl Pad {
-    pub(super) fn eval(&self, x: TensorRef<'_>, value: Option<TensorRef<'_>>, y: &mut [f32]) {
+    pub(super) fn eval<T: Elem>(
+        &self,
+        x: TensorRef<'_>,
+        value: Option<TensorRef<'_>>,
+        y: &mut [T],
+    ) {
+        let Some(data) = x.data.get::<T>() else {
+            return;
+        };
         let (dims, rank) = x.shape.dims();
         let mut begin = [0isize; MAX_RANK];
         let mut end = [0isize; MAX_RANK];
@@ -97,8 +117,9 @@ impl Pad {
             end[i] = self.end[i] as isize;
         }
         let fill = value
-            .and_then(|v| v.data.first().copied())
-            .unwrap_or(self.value);
-        pad_constant_f32(x.data, &dims[..rank], &begin[..rank], &end[..rank], fill, y);
+            .and_then(|v| v.data.get::<T>())
+            .and_then(|v| v.first().copied())
+            .unwrap_or_else(|| T::from_f64(self.value));
+        pad_constant(data, &dims[..rank], &begin[..rank], &end[..rank], fill, y);
     }
 }

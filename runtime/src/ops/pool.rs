@@ -1,11 +1,12 @@
 //! MaxPool, AveragePool (1-D and 2-D) and GlobalAveragePool.
 
 use super::conv::spatial_params;
-use super::{NodeCtx, Op, Output, TensorRef};
+use super::{Data, DataMut, NodeCtx, Op, Output, Tensor};
 use crate::error::Error;
 use crate::kernels::generic::pool::{
-    avg_pool2d_f32, global_avg_pool_f32, max_pool2d_f32, PoolGeometry,
+    avg_pool2d_f32, global_avg_pool_f32, max_pool2d_f32, max_pool2d_i8, max_pool2d_u8, PoolGeometry,
 };
+use crate::tensor::DType;
 
 /// A prepared MaxPool or AveragePool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,7 +79,12 @@ pub(super) fn prepare<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Err
         ],
     };
     ctx.check_attributes(known)?;
-    let x = ctx.f32_input(0)?;
+    // MaxPool-12 added int8 and uint8 (exact: the max of integers).
+    let x = if is_max && v >= 12 {
+        ctx.typed_input(0, &[DType::F32, DType::I8, DType::U8])?
+    } else {
+        ctx.f32_input(0)?
+    };
     let rank = x.shape.rank();
     if !(3..=4).contains(&rank) {
         if rank > 4 {
@@ -131,7 +137,10 @@ pub(super) fn prepare<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Err
     } else {
         ctx.shape(&[xd[0], xd[1], p.out[1]])?
     };
-    Ok((Op::Pool(Pool { geometry, kind }), Output::f32(shape)))
+    Ok((
+        Op::Pool(Pool { geometry, kind }),
+        Output::typed(x.dtype, shape),
+    ))
 }
 
 pub(super) fn prepare_global<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Error> {
@@ -154,17 +163,21 @@ pub(super) fn prepare_global<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a
 }
 
 impl Pool {
-    pub(super) fn eval(&self, x: &[f32], y: &mut [f32]) {
-        match self.kind {
-            PoolKind::Max => max_pool2d_f32(&self.geometry, x, y),
-            PoolKind::Average { count_include_pad } => {
-                avg_pool2d_f32(&self.geometry, count_include_pad, x, y)
+    pub(super) fn eval(&self, x: Data<'_>, y: DataMut<'_>) {
+        let g = &self.geometry;
+        match (self.kind, x, y) {
+            (PoolKind::Max, Data::F32(x), DataMut::F32(y)) => max_pool2d_f32(g, x, y),
+            (PoolKind::Max, Data::I8(x), DataMut::I8(y)) => max_pool2d_i8(g, x, y),
+            (PoolKind::Max, Data::U8(x), DataMut::U8(y)) => max_pool2d_u8(g, x, y),
+            (PoolKind::Average { count_include_pad }, Data::F32(x), DataMut::F32(y)) => {
+                avg_pool2d_f32(g, count_include_pad, x, y)
             }
+            _ => {}
         }
     }
 }
 
-pub(super) fn eval_global(x: TensorRef<'_>, y: &mut [f32]) {
+pub(super) fn eval_global(x: Tensor<'_, f32>, y: &mut [f32]) {
     let rank = x.shape.rank();
     let batch_channels = x.shape.product(0..2);
     global_avg_pool_f32(batch_channels, x.shape.product(2..rank), x.data, y);

@@ -1,18 +1,18 @@
 //! Ops that keep the elements and change only the shape: Reshape, Flatten,
 //! Squeeze, Unsqueeze, Identity, and Dropout at inference.
 
-use super::{NodeCtx, Op, Output};
+use super::{NodeCtx, Op, Output, RUN_TIME_TYPES};
 use crate::error::Error;
-use crate::tensor::{DType, MAX_RANK};
+use crate::tensor::MAX_RANK;
 
 pub(super) fn prepare<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Error> {
-    let x = ctx.input(0)?;
-    if x.dtype != DType::F32 {
-        return Err(Error::DType {
-            value: crate::error::name(x.name),
-            dtype: x.dtype,
-        });
-    }
+    // The elements are moved, never looked at: any run-time type will do,
+    // except for Dropout, which ONNX defines on floats.
+    let x = if ctx.node.op_type == "Dropout" {
+        ctx.f32_input(0)?
+    } else {
+        ctx.typed_input(0, RUN_TIME_TYPES)?
+    };
     let (dims, rank) = x.shape.dims();
     let mut out = [0usize; MAX_RANK];
     let out_rank = match ctx.node.op_type {
@@ -49,7 +49,7 @@ pub(super) fn prepare<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Err
     if shape.num_elements() != x.shape.num_elements() {
         return Err(ctx.err(x.name, "the new shape has a different element count"));
     }
-    Ok((Op::Reshape, Output::f32(shape)))
+    Ok((Op::Reshape, Output::typed(x.dtype, shape)))
 }
 
 fn prepare_dropout(ctx: &NodeCtx) -> Result<(), Error> {

@@ -1,8 +1,8 @@
 //! Transpose.
 
-use super::{NodeCtx, Op, Output, TensorRef};
+use super::{Elem, NodeCtx, Op, Output, TensorRef, RUN_TIME_TYPES};
 use crate::error::Error;
-use crate::kernels::generic::transpose::transpose_f32;
+use crate::kernels::generic::transpose::transpose;
 use crate::tensor::MAX_RANK;
 
 /// A prepared Transpose.
@@ -15,7 +15,7 @@ pub struct Transpose {
 pub(super) fn prepare<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Error> {
     ctx.check_arity(1, 1)?;
     ctx.check_attributes(&["perm"])?;
-    let x = ctx.f32_input(0)?;
+    let x = ctx.typed_input(0, RUN_TIME_TYPES)?;
     let rank = x.shape.rank();
     let mut perm = [0i64; MAX_RANK];
     match ctx.attr_ints("perm", &mut perm)? {
@@ -39,17 +39,20 @@ pub(super) fn prepare<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Err
     }
     Ok((
         Op::Transpose(Transpose { perm: p }),
-        Output::f32(ctx.shape(&out[..rank])?),
+        Output::typed(x.dtype, ctx.shape(&out[..rank])?),
     ))
 }
 
 impl Transpose {
-    pub(super) fn eval(&self, x: TensorRef<'_>, y: &mut [f32]) {
+    pub(super) fn eval<T: Elem>(&self, x: TensorRef<'_>, y: &mut [T]) {
+        let Some(data) = x.data.get::<T>() else {
+            return;
+        };
         let (dims, rank) = x.shape.dims();
         let mut perm = [0usize; MAX_RANK];
         for (p, &q) in perm.iter_mut().zip(&self.perm) {
             *p = usize::from(q);
         }
-        transpose_f32(x.data, &dims[..rank], &perm[..rank], y);
+        transpose(data, &dims[..rank], &perm[..rank], y);
     }
 }

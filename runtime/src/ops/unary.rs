@@ -1,7 +1,7 @@
 //! Elementwise activations: Relu, LeakyRelu, Sigmoid, Tanh, HardSigmoid,
 //! HardSwish, Clip.
 
-use super::{NodeCtx, Op, Output, TensorRef};
+use super::{NodeCtx, Op, Output, Tensor};
 use crate::error::Error;
 use crate::kernels::generic::activation::Activation;
 use crate::tensor::DType;
@@ -99,11 +99,11 @@ fn prepare_clip<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Error> {
 /// Clip with run-time bounds (each a one-element tensor, or absent).
 pub(super) fn eval_clip(
     x: &[f32],
-    min: Option<TensorRef<'_>>,
-    max: Option<TensorRef<'_>>,
+    min: Option<Tensor<'_, f32>>,
+    max: Option<Tensor<'_, f32>>,
     y: &mut [f32],
 ) {
-    let bound = |t: Option<TensorRef<'_>>, default: f32| {
+    let bound = |t: Option<Tensor<'_, f32>>, default: f32| {
         t.and_then(|t| t.data.first().copied()).unwrap_or(default)
     };
     let act = Activation::Clip {

@@ -10,6 +10,8 @@ pub mod activation;
 pub mod batchnorm;
 pub mod binary;
 pub mod conv;
+pub mod conv_i8;
+pub mod gemm_i8;
 pub mod matmul;
 pub mod pad;
 pub mod pool;

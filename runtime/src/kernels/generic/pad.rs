@@ -11,6 +11,18 @@ pub fn pad_constant_f32(
     value: f32,
     y: &mut [f32],
 ) {
+    pad_constant(x, x_shape, pads_begin, pads_end, value, y);
+}
+
+/// [`pad_constant_f32`] for any element type (it only moves elements).
+pub fn pad_constant<T: Copy>(
+    x: &[T],
+    x_shape: &[usize],
+    pads_begin: &[isize],
+    pads_end: &[isize],
+    value: T,
+    y: &mut [T],
+) {
     let rank = x_shape.len();
     debug_assert!(rank <= MAX_RANK && pads_begin.len() == rank && pads_end.len() == rank);
     if rank == 0 {

@@ -52,6 +52,21 @@ pub fn max_pool2d_f32(g: &PoolGeometry, x: &[f32], y: &mut [f32]) {
     });
 }
 
+/// Max over each window's valid input positions for 8-bit integers (exact);
+/// a window with no valid position yields `i8::MIN`.
+pub fn max_pool2d_i8(g: &PoolGeometry, x: &[i8], y: &mut [i8]) {
+    max_pool2d_ord(g, x, y, i8::MIN);
+}
+
+/// As [`max_pool2d_i8`] for uint8 (an empty window yields 0).
+pub fn max_pool2d_u8(g: &PoolGeometry, x: &[u8], y: &mut [u8]) {
+    max_pool2d_ord(g, x, y, u8::MIN);
+}
+
+fn max_pool2d_ord<T: Copy + Ord>(g: &PoolGeometry, x: &[T], y: &mut [T], lowest: T) {
+    for_each_plane(g, x, y, |xp, yp| reduce_plane(g, xp, yp, lowest, Ord::max));
+}
+
 /// count_include_pad: divide by the full window size clipped to the *padded* input extent (ONNX semantics: with ceil_mode, windows that run past the explicit padding still only count the explicitly padded area); otherwise divide by the number of valid input elements in the window.
 pub fn avg_pool2d_f32(g: &PoolGeometry, count_include_pad: bool, x: &[f32], y: &mut [f32]) {
     // Window positions are counted in padded coordinates, where the input
@@ -100,12 +115,7 @@ pub fn global_avg_pool_f32(batch_channels: usize, spatial: usize, x: &[f32], y: 
     }
 }
 
-fn for_each_plane(
-    g: &PoolGeometry,
-    x: &[f32],
-    y: &mut [f32],
-    mut f: impl FnMut(&[f32], &mut [f32]),
-) {
+fn for_each_plane<T>(g: &PoolGeometry, x: &[T], y: &mut [T], mut f: impl FnMut(&[T], &mut [T])) {
     debug_assert!(g.stride_h > 0 && g.stride_w > 0 && g.dilation_h > 0 && g.dilation_w > 0);
     let plane_in = g.in_h * g.in_w;
     let plane_out = g.out_h * g.out_w;
@@ -126,13 +136,7 @@ fn for_each_plane(
 /// row by row like the convolution: taps outside the input are skipped by
 /// range rather than tested per element.
 #[inline(always)]
-fn reduce_plane(
-    g: &PoolGeometry,
-    xp: &[f32],
-    yp: &mut [f32],
-    init: f32,
-    f: impl Fn(f32, f32) -> f32,
-) {
+fn reduce_plane<T: Copy>(g: &PoolGeometry, xp: &[T], yp: &mut [T], init: T, f: impl Fn(T, T) -> T) {
     for (oy, y_row) in yp.chunks_exact_mut(g.out_w).enumerate() {
         y_row.fill(init);
         for ky in 0..g.kernel_h {
@@ -332,6 +336,24 @@ mod tests {
             }
             avg_pool2d_f32(&g, include_pad, &x, &mut y);
             assert_close(&y, &want_avg, &(g, include_pad));
+
+            // The 8-bit kernels are exact: the f32 max of the same values,
+            // the type's minimum where a window has no valid position.
+            let floor = |y: &[f32], min: f32| -> Vec<f32> {
+                y.iter().map(|&v| if v == f32::NEG_INFINITY { min } else { v }).collect()
+            };
+            let xi: Vec<i8> = x.iter().map(|&v| (v * 127.0) as i8).collect();
+            let xu: Vec<u8> = x.iter().map(|&v| ((v + 1.0) * 127.0) as u8).collect();
+            let mut yi = vec![0i8; y.len()];
+            let mut yu = vec![0u8; y.len()];
+            max_pool2d_i8(&g, &xi, &mut yi);
+            max_pool2d_u8(&g, &xu, &mut yu);
+            let xf: Vec<f32> = xi.iter().map(|&v| v as f32).collect();
+            max_pool2d_f32(&g, &xf, &mut y);
+            prop_assert_eq!(yi.iter().map(|&v| v as f32).collect::<Vec<_>>(), floor(&y, -128.0));
+            let xf: Vec<f32> = xu.iter().map(|&v| v as f32).collect();
+            max_pool2d_f32(&g, &xf, &mut y);
+            prop_assert_eq!(yu.iter().map(|&v| v as f32).collect::<Vec<_>>(), floor(&y, 0.0));
         }
 
         #[test]

@@ -4,6 +4,11 @@ use super::MAX_RANK;
 
 /// Writes `y = x` with axes permuted: y's dim i is x's dim `perm[i]` (rank ≤ MAX_RANK).
 pub fn transpose_f32(x: &[f32], x_shape: &[usize], perm: &[usize], y: &mut [f32]) {
+    transpose(x, x_shape, perm, y);
+}
+
+/// [`transpose_f32`] for any element type (it only moves elements).
+pub fn transpose<T: Copy>(x: &[T], x_shape: &[usize], perm: &[usize], y: &mut [T]) {
     let rank = x_shape.len();
     debug_assert!(rank <= MAX_RANK && perm.len() == rank);
     let total: usize = x_shape.iter().product();
