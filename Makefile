@@ -10,6 +10,10 @@ CROSSCHECK_DIR  := $(BUILD)/crosscheck
 DEMO_MODEL      := models/demo/fashion_mlp.onnx
 TEACHER         := models/teachers/cnn.onnx
 DEMO_OUT        := $(BUILD)/demo
+# One feature set for every build and test of tinykd, so `make test` and
+# `make demo` share target/: teachers and `eval --engine ort` can run on
+# ONNX Runtime, loaded at run time from the onnxruntime wheel in .venv.
+FEATURES        := --features tinykd/ort
 
 .PHONY: teacher results setup build test demo conformance run-conformance crosscheck-data fmt-check no-std firmware ops-doc size bench-train bench-peers train-parity clean
 
@@ -17,7 +21,7 @@ setup:
 	@bash scripts/setup.sh
 
 build: setup
-	$(CARGO) build --release -p tinykd
+	$(CARGO) build --release -p tinykd $(FEATURES)
 
 # Test data generated from the installed onnx package (git-ignored).
 crosscheck-data: setup
@@ -47,7 +51,7 @@ fmt-check:
 # the conformance run reuses it instead of a second build with the
 # non-dev feature set.
 test: setup fmt-check crosscheck-data
-	$(CARGO) test --release --workspace
+	$(CARGO) test --release --workspace $(FEATURES)
 	$(MAKE) --no-print-directory run-conformance no-std firmware
 
 # The main job on the shipped teacher: distill (short recipe) → ONNX export

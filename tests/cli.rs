@@ -39,13 +39,18 @@ fn inspect_reports_shapes_macs_and_arena() {
 }
 
 #[test]
-fn infer_writes_the_expected_class_with_both_engines() {
+fn infer_writes_the_expected_class_with_every_engine() {
     let dir = std::env::temp_dir().join(format!("tinykd-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let samples: serde_json::Value =
         serde_json::from_slice(&std::fs::read(root().join("models/demo/samples.json")).unwrap())
             .unwrap();
-    for engine in ["tinykd", "tract"] {
+    for engine in [
+        "tinykd",
+        "tract",
+        #[cfg(feature = "ort")]
+        "ort",
+    ] {
         for (i, sample) in samples["samples"].as_array().unwrap().iter().enumerate() {
             let (input, label) = (
                 format!("models/demo/{}", sample["file"].as_str().unwrap()),
@@ -115,4 +120,38 @@ fn wrong_input_shape_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("image") && err.contains("783"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// ONNX Runtime and tract classify the first 200 test images of the shipped
+/// teacher identically (their logits differ by float rounding only).
+#[cfg(feature = "ort")]
+#[test]
+fn eval_on_ort_agrees_with_tract() {
+    if !Path::new(tinykd::data::DEFAULT_DIR).is_dir() {
+        println!("skipped: no Fashion-MNIST (`make setup` installs it)");
+        return;
+    }
+    let report = |engine: &str| -> serde_json::Value {
+        let out = tinykd(&[
+            "eval",
+            "models/teachers/cnn.onnx",
+            "--engine",
+            engine,
+            "--limit",
+            "200",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{engine}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (tract, ort) = (report("tract"), report("ort"));
+    assert_eq!(ort["engine"], "ort");
+    assert_eq!(ort["total"], 200);
+    assert_eq!(ort["correct"], tract["correct"]);
+    assert_eq!(ort["accuracy"], tract["accuracy"]);
+    assert_eq!(ort["confusion"], tract["confusion"]);
 }

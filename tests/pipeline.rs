@@ -163,6 +163,13 @@ fn cli_distill_then_eval_and_resume() {
         .status
         .success());
     assert!(!out.exists(), "a stopped run wrote its model");
+    // Another split would put trained-on images into validation: refused.
+    let other_split = run(&["--resume", "--split-seed", "7"]);
+    let err = String::from_utf8_lossy(&other_split.stderr);
+    assert!(
+        !other_split.status.success() && err.contains("split_seed=0") && err.contains(".ckpt"),
+        "{err}"
+    );
     let resumed = run(&["--resume"]);
     assert!(
         resumed.status.success(),

@@ -105,30 +105,49 @@ fn close(got: f32, want: f32) -> bool {
     (got.is_nan() && want.is_nan()) || got == want || (got - want).abs() <= ATOL + RTOL * want.abs()
 }
 
-/// Compares outputs; `Err` describes the first mismatch.
+/// Compares outputs; `Err` describes the first mismatch. Floats within
+/// tolerance, integers exactly.
 fn compare(got: &[HostTensor], want: &[HostTensor]) -> Result<(), String> {
     if got.len() != want.len() {
         return Err(format!("{} outputs, expected {}", got.len(), want.len()));
     }
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let Elements::F32(wd) = &w.elements else {
-            return Err(format!("output {i}: expected a non-float output"));
-        };
-        let gd = g.as_f32().unwrap_or(&[]);
         if g.shape != w.shape {
             return Err(format!(
                 "output {i}: shape {:?}, expected {:?}",
                 g.shape, w.shape
             ));
         }
-        if let Some(j) = (0..wd.len()).find(|&j| !close(gd[j], wd[j])) {
-            return Err(format!(
-                "output {i}: element {j} is {}, expected {}",
-                gd[j], wd[j]
-            ));
+        let mismatch = match (&g.elements, &w.elements) {
+            (Elements::F32(gd), Elements::F32(wd)) => (0..wd.len())
+                .find(|&j| !close(gd[j], wd[j]))
+                .map(|j| (j, gd[j].to_string(), wd[j].to_string())),
+            (Elements::I8(gd), Elements::I8(wd)) => first_difference(gd, wd),
+            (Elements::U8(gd), Elements::U8(wd)) => first_difference(gd, wd),
+            (Elements::I32(gd), Elements::I32(wd)) => first_difference(gd, wd),
+            _ => {
+                return Err(format!(
+                    "output {i}: type {}, expected {}",
+                    g.dtype(),
+                    w.dtype()
+                ))
+            }
+        };
+        if let Some((j, got, want)) = mismatch {
+            return Err(format!("output {i}: element {j} is {got}, expected {want}"));
         }
     }
     Ok(())
+}
+
+/// The first index where two integer tensors differ, with both values.
+fn first_difference<T: PartialEq + ToString>(
+    got: &[T],
+    want: &[T],
+) -> Option<(usize, String, String)> {
+    (0..want.len())
+        .find(|&j| got[j] != want[j])
+        .map(|j| (j, got[j].to_string(), want[j].to_string()))
 }
 
 /// Runs one case folder.
@@ -190,10 +209,15 @@ pub fn run_case(dir: &Path) -> CaseResult {
             Ok(Err(e)) => return result(Outcome::Failed, e.to_string(), ops),
             Ok(Ok(o)) => o,
         };
-        if expected.iter().any(|t| t.as_f32().is_none()) {
+        if let Some(t) = expected.iter().find(|t| {
+            !matches!(
+                t.elements,
+                Elements::F32(_) | Elements::I8(_) | Elements::U8(_) | Elements::I32(_)
+            )
+        }) {
             return result(
                 Outcome::Unsupported,
-                "non-float expected output".into(),
+                format!("expected output of type {}", t.dtype()),
                 ops,
             );
         }

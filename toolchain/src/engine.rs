@@ -1,10 +1,11 @@
 //! Running a model on the host: with tinykd's own runtime (the same code
-//! the devices run) or with tract, the reference engine for cross-checks.
+//! the devices run), with tract, the reference engine for cross-checks, or
+//! (cargo feature `ort`) with ONNX Runtime.
 
 use crate::tensor_file::{Elements, HostTensor};
 use std::path::{Path, PathBuf};
 use tinykd_runtime::proto::onnx::{Dim, GraphView, ModelView, ValueInfoView};
-use tinykd_runtime::{Bindings, ConstInput, DType, Model, Session, Shape};
+use tinykd_runtime::{Bindings, ConstInput, DType, Data, DataMut, Model, Session, Shape};
 
 /// Which engine runs the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -14,6 +15,9 @@ pub enum EngineKind {
     Tinykd,
     /// tract-onnx (optimized plan).
     Tract,
+    /// ONNX Runtime (libonnxruntime from the project's venv).
+    #[cfg(feature = "ort")]
+    Ort,
 }
 
 /// Errors running a model.
@@ -49,6 +53,15 @@ pub enum EngineError {
         /// The model file.
         path: PathBuf,
         /// tract's message.
+        reason: String,
+    },
+    /// ONNX Runtime could not be loaded or failed.
+    #[cfg(feature = "ort")]
+    #[error("{path}: onnxruntime: {reason}")]
+    Ort {
+        /// The model file.
+        path: PathBuf,
+        /// What failed.
         reason: String,
     },
 }
@@ -125,11 +138,41 @@ fn match_inputs<'d, 't>(
 }
 
 /// Runs `model_bytes` with tinykd-runtime. Symbolic dims are bound from the
-/// inputs' shapes; non-float inputs are bound as load-time constants.
+/// inputs' shapes; f32, int8, uint8 and int32 inputs are fed at run time,
+/// other types (int64 shapes, bools) are bound as load-time constants. A
+/// model that needs some inputs to be constants (quantization scales of
+/// `QLinearConv`, as ONNX's node tests pass them) is retried with every
+/// input but the first bound at load time.
 pub fn run_tinykd(
     path: &Path,
     bytes: &[u8],
     inputs: &[HostTensor],
+) -> Result<Vec<HostTensor>, EngineError> {
+    match run_tinykd_binding(path, bytes, inputs, false) {
+        Err(EngineError::Runtime { source, .. }) if source.is_unsupported() && inputs.len() > 1 => {
+            run_tinykd_binding(path, bytes, inputs, true).map_err(|e| match e {
+                // Report the first attempt's reason when both fail.
+                EngineError::Runtime { .. } => EngineError::Runtime {
+                    path: path.into(),
+                    source,
+                },
+                other => other,
+            })
+        }
+        other => other,
+    }
+}
+
+/// Whether the runtime takes elements of `dtype` at run time.
+fn fed_at_run_time(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::I8 | DType::U8 | DType::I32)
+}
+
+fn run_tinykd_binding(
+    path: &Path,
+    bytes: &[u8],
+    inputs: &[HostTensor],
+    bind_all_but_first: bool,
 ) -> Result<Vec<HostTensor>, EngineError> {
     let rt = |source| EngineError::Runtime {
         path: path.into(),
@@ -143,7 +186,7 @@ pub fn run_tinykd(
     let pairs = match_inputs(&declared, inputs).map_err(bad)?;
     let mut dims: Vec<(&str, usize)> = Vec::new();
     let mut const_bytes = Vec::new();
-    for (d, t) in &pairs {
+    for (i, (d, t)) in pairs.iter().enumerate() {
         if d.dims.len() == t.shape.len() {
             for ((_, symbol), &size) in d.dims.iter().zip(&t.shape) {
                 if let Some(s) = symbol {
@@ -151,7 +194,7 @@ pub fn run_tinykd(
                 }
             }
         }
-        if t.dtype() != DType::F32 {
+        if !fed_at_run_time(t.dtype()) || (bind_all_but_first && i > 0) {
             const_bytes.push((d.name.as_str(), t.dtype(), t.shape.clone(), t.to_le_bytes()));
         }
     }
@@ -171,7 +214,7 @@ pub fn run_tinykd(
         constants: &constants,
     };
     let model = Model::parse_with(bytes, &bindings).map_err(rt)?;
-    let mut run_inputs: Vec<&[f32]> = Vec::new();
+    let mut run_inputs: Vec<Data<'_>> = Vec::new();
     for v in model.inputs() {
         let (_, t) = pairs
             .iter()
@@ -184,17 +227,52 @@ pub fn run_tinykd(
                 v.name, t.shape, shape
             )));
         }
-        run_inputs.push(t.as_f32().unwrap_or(&[]));
+        run_inputs.push(match &t.elements {
+            Elements::F32(x) => Data::F32(x),
+            Elements::I8(x) => Data::I8(x),
+            Elements::U8(x) => Data::U8(x),
+            Elements::I32(x) => Data::I32(x),
+            _ => return Err(bad(format!("input '{}' is {}", v.name, t.dtype()))),
+        });
     }
-    let mut outputs: Vec<Vec<f32>> = model.outputs().map(|v| vec![0.0; v.len()]).collect();
+    let mut outputs: Vec<Elements> = Vec::new();
+    for v in model.outputs() {
+        outputs.push(match v.dtype {
+            DType::F32 => Elements::F32(vec![0.0; v.len()]),
+            DType::I8 => Elements::I8(vec![0; v.len()]),
+            DType::U8 => Elements::U8(vec![0; v.len()]),
+            DType::I32 => Elements::I32(vec![0; v.len()]),
+            other => {
+                return Err(rt(tinykd_runtime::Error::DType {
+                    value: tinykd_runtime::error::name(v.name),
+                    dtype: other,
+                }))
+            }
+        });
+    }
     let mut arena = vec![0u8; model.arena_size() + tinykd_runtime::planner::ALIGN];
     let mut session = Session::new(&model, &mut arena).map_err(rt)?;
-    let mut slots: Vec<&mut [f32]> = outputs.iter_mut().map(|o| o.as_mut_slice()).collect();
-    session.run(&run_inputs, &mut slots).map_err(rt)?;
+    // Outputs were allocated with run-time types only, so none is skipped.
+    let mut slots: Vec<DataMut<'_>> = outputs
+        .iter_mut()
+        .filter_map(|o| match o {
+            Elements::F32(x) => Some(DataMut::F32(x)),
+            Elements::I8(x) => Some(DataMut::I8(x)),
+            Elements::U8(x) => Some(DataMut::U8(x)),
+            Elements::I32(x) => Some(DataMut::I32(x)),
+            _ => None,
+        })
+        .collect();
+    session.run_typed(&run_inputs, &mut slots).map_err(rt)?;
+    drop(slots);
     Ok(model
         .outputs()
         .zip(outputs)
-        .map(|(v, data)| HostTensor::f32(v.name, v.shape.iter().collect(), data))
+        .map(|(v, elements)| HostTensor {
+            name: v.name.to_string(),
+            shape: v.shape.iter().collect(),
+            elements,
+        })
         .collect())
 }
 
@@ -265,6 +343,63 @@ fn run_tract_unguarded(path: &Path, inputs: &[HostTensor]) -> Result<Vec<HostTen
                 view.shape().to_vec(),
                 view.iter().copied().collect(),
             ))
+        })
+        .collect()
+}
+
+/// Runs the model file with ONNX Runtime; inputs of any element type the
+/// tensor files hold, f32 outputs.
+#[cfg(feature = "ort")]
+pub fn run_ort(path: &Path, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, EngineError> {
+    use ort::session::SessionInputValue;
+    use ort::value::{DynValue, Tensor};
+    let fail = |reason: String| EngineError::Ort {
+        path: path.into(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|source| EngineError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let declared = declared_inputs(&bytes).map_err(|source| EngineError::Runtime {
+        path: path.into(),
+        source,
+    })?;
+    let pairs = match_inputs(&declared, inputs).map_err(|reason| EngineError::Inputs {
+        path: path.into(),
+        reason,
+    })?;
+    let mut session = crate::teacher::ort::session(&bytes).map_err(fail)?;
+    let mut values: Vec<(String, SessionInputValue)> = Vec::new();
+    for (d, t) in pairs {
+        let shape = t.shape.clone();
+        let value: DynValue = match &t.elements {
+            Elements::F32(v) => Tensor::from_array((shape, v.clone())).map(Tensor::into_dyn),
+            Elements::I64(v) => Tensor::from_array((shape, v.clone())).map(Tensor::into_dyn),
+            Elements::I32(v) => Tensor::from_array((shape, v.clone())).map(Tensor::into_dyn),
+            Elements::I8(v) => Tensor::from_array((shape, v.clone())).map(Tensor::into_dyn),
+            Elements::U8(v) => Tensor::from_array((shape, v.clone())).map(Tensor::into_dyn),
+            Elements::Bool(v) => Tensor::from_array((shape, v.clone())).map(Tensor::into_dyn),
+            Elements::F64(v) => Tensor::from_array((shape, v.clone())).map(Tensor::into_dyn),
+        }
+        .map_err(|e| fail(format!("input '{}': {e}", d.name)))?;
+        values.push((d.name.clone(), value.into()));
+    }
+    let names: Vec<String> = session
+        .outputs()
+        .iter()
+        .map(|o| o.name().to_string())
+        .collect();
+    let outputs = session.run(values).map_err(|e| fail(e.to_string()))?;
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let (shape, data) = outputs[i]
+                .try_extract_tensor::<f32>()
+                .map_err(|e| fail(format!("output '{name}': {e}")))?;
+            let shape = shape.iter().map(|&d| d.max(0) as usize).collect();
+            Ok(HostTensor::f32(name, shape, data.to_vec()))
         })
         .collect()
 }

@@ -1,9 +1,11 @@
 //! Evaluating an exported classifier on a labelled dataset with the
-//! runtime the devices run (or tract): accuracy, per-class accuracy, the
+//! runtime the devices run (or tract, or ONNX Runtime): accuracy, per-class accuracy, the
 //! confusion matrix, throughput and single-image latency.
 
 use crate::data::{BatchConfig, Dataset, Normalization};
 use crate::engine::{declared_inputs, EngineKind};
+#[cfg(feature = "ort")]
+use crate::teacher::TeacherEngine;
 use crate::teacher::{parse_normalization, Teacher, TeacherError};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -29,7 +31,7 @@ pub enum EvalError {
         /// The runtime's error.
         source: tinykd_runtime::Error,
     },
-    /// tract failed (via the teacher runner).
+    /// tract or ONNX Runtime failed (via the teacher runner).
     #[error(transparent)]
     Tract(#[from] TeacherError),
     /// The model does not fit the data.
@@ -219,6 +221,8 @@ pub fn evaluate(
             Box::new(r)
         }
         EngineKind::Tract => Box::new(Teacher::load(path)?),
+        #[cfg(feature = "ort")]
+        EngineKind::Ort => Box::new(Teacher::load_with(path, TeacherEngine::Ort)?),
     };
     let indices: Vec<usize> = (0..data.len()).collect();
     let cfg = BatchConfig {

@@ -180,6 +180,8 @@ fn infer(
     let results = match engine {
         EngineKind::Tinykd => run_tinykd(model_path, &bytes, &tensors)?,
         EngineKind::Tract => run_tract(model_path, &tensors)?,
+        #[cfg(feature = "ort")]
+        EngineKind::Ort => tinykd::engine::run_ort(model_path, &tensors)?,
     };
     let elapsed = started.elapsed();
     if !outputs.is_empty() && outputs.len() != results.len() {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tinykd::data::{augmented_views, Augment, Dataset, Normalization, Split, TrainVal};
 use tinykd::distill::{Distiller, Method, Recipe, Targets, TeacherView};
 use tinykd::export::ExportMeta;
-use tinykd::teacher::{Ensemble, EnsembleMode, Teacher};
+use tinykd::teacher::{Ensemble, EnsembleMode, Teacher, TeacherEngine};
 use tinykd::train::fit::{
     run_epochs, CrossEntropy, EpochStats, Evaluation, FitConfig, Objective, OptimizerKind,
     Progress, Schedule, Trainer,
@@ -124,6 +124,9 @@ pub struct PairArgs {
     /// Ensemble weights, one per teacher (default: equal).
     #[arg(long, value_delimiter = ',')]
     teacher_weights: Vec<f32>,
+    /// Which engine runs the teachers.
+    #[arg(long, value_enum, default_value = "tract")]
+    teacher_engine: TeacherEngine,
     /// The student: a spec file (TOML) or a built-in spec.
     #[arg(long)]
     student: String,
@@ -192,6 +195,27 @@ fn checkpoint_path(out: &Path) -> PathBuf {
     let mut p = out.as_os_str().to_owned();
     p.push(".ckpt");
     PathBuf::from(p)
+}
+
+/// Records the data split in a new run's checkpoint, and refuses to resume
+/// a run on another split (its validation images would have been trained on).
+fn bind_split(trainer: &mut Trainer, run: &RunArgs) -> Result<()> {
+    let limit = run.limit.map_or("all".to_string(), |n| n.to_string());
+    let split = format!(
+        "val={} split_seed={} limit={limit}",
+        run.val, run.split_seed
+    );
+    if let Some(started) = trainer.tag("split").filter(|_| run.resume) {
+        if started != split {
+            bail!(
+                "{}: the run was started on the split {started}, not {split}; \
+                 resume with the same --val, --split-seed and --limit",
+                checkpoint_path(&run.out).display()
+            );
+        }
+    }
+    trainer.set_tag("split", split);
+    Ok(())
 }
 
 /// The training and test sets, the train/validation split, and the
@@ -391,6 +415,7 @@ pub fn train(a: &TrainArgs) -> Result<()> {
         let cfg = a.fit.apply(FitConfig::default())?;
         Trainer::new(load_spec(&a.arch)?, cfg)?
     };
+    bind_split(&mut trainer, &a.run)?;
     let data = load_data(&a.run)?;
     let Some(test) = fit(&mut trainer, &data, &CrossEntropy, &a.run)? else {
         return stopped(&trainer, &a.run);
@@ -422,6 +447,7 @@ fn load_ensemble(
     paths: &[PathBuf],
     weights: &[f32],
     mode: EnsembleMode,
+    engine: TeacherEngine,
 ) -> Result<(Ensemble, String)> {
     let weights = if weights.is_empty() {
         vec![1.0; paths.len()]
@@ -437,7 +463,7 @@ fn load_ensemble(
     let members = paths
         .iter()
         .zip(weights)
-        .map(|(p, w)| Ok((Teacher::load(p)?, w)))
+        .map(|(p, w)| Ok((Teacher::load_with(p, engine)?, w)))
         .collect::<Result<Vec<_>>>()?;
     let ensemble = Ensemble::new(members, mode)?;
     let shas = ensemble
@@ -523,8 +549,12 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
         }
         None => recipe_of(a)?,
     };
-    let (ensemble, shas) =
-        load_ensemble(&a.pair.teachers, &a.pair.teacher_weights, recipe.ensemble)?;
+    let (ensemble, shas) = load_ensemble(
+        &a.pair.teachers,
+        &a.pair.teacher_weights,
+        recipe.ensemble,
+        a.pair.teacher_engine,
+    )?;
     let mut trainer = match resumed {
         Some(t) => {
             if t.tag("teachers").is_some_and(|s| s != shas) {
@@ -543,6 +573,7 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
             t
         }
     };
+    bind_split(&mut trainer, &a.run)?;
     let mut data = load_data(&a.run)?;
     ensemble.check_classes(data.train.classes)?;
     apply_transfer(&recipe, &mut data)?;
@@ -618,7 +649,12 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
     }
     base.fit.epochs = a.epochs.unwrap_or(base.fit.epochs);
     base.fit.seed = a.seed;
-    let (ensemble, shas) = load_ensemble(&a.pair.teachers, &a.pair.teacher_weights, base.ensemble)?;
+    let (ensemble, shas) = load_ensemble(
+        &a.pair.teachers,
+        &a.pair.teacher_weights,
+        base.ensemble,
+        a.pair.teacher_engine,
+    )?;
     let run = RunArgs {
         out: a.out.with_extension("trial.safetensors"),
         val: a.val,

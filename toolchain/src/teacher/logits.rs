@@ -137,8 +137,9 @@ fn check_fits(teacher: &Teacher, dataset: &Dataset, n: usize) -> Result<(), Teac
 }
 
 /// Teacher logits for `dataset`'s images at `indices` (in that order),
-/// normalised with `normalization`, run [`BATCH`] at a time;
-/// `progress(done, total)` is called after each batch.
+/// normalised with `normalization`, run [`BATCH`] at a time on every core
+/// (tract runs a plan on one thread); `progress(done, total)` is called
+/// after each batch, in order.
 pub fn logits_for(
     teacher: &Teacher,
     dataset: &Dataset,
@@ -149,15 +150,35 @@ pub fn logits_for(
     check_indices(dataset, indices)?;
     check_fits(teacher, dataset, indices.len())?;
     let table = normalization.table();
-    let mut values = Vec::with_capacity(indices.len() * teacher.classes());
-    let mut buf = Vec::with_capacity(BATCH * dataset.pixels());
-    for chunk in indices.chunks(BATCH) {
-        buf.clear();
+    let run = |chunk: &[usize]| {
+        let mut buf = Vec::with_capacity(chunk.len() * dataset.pixels());
         for &i in chunk {
             buf.extend(dataset.image(i).iter().map(|&p| table[usize::from(p)]));
         }
-        values.extend(teacher.logits(&buf, chunk.len())?);
-        progress(values.len() / teacher.classes(), indices.len());
+        teacher.logits(&buf, chunk.len())
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let batches: Vec<&[usize]> = indices.chunks(BATCH).collect();
+    let mut values = Vec::with_capacity(indices.len() * teacher.classes());
+    for round in batches.chunks(threads) {
+        let results: Vec<Result<Vec<f32>, TeacherError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = round
+                .iter()
+                .map(|&chunk| s.spawn(move || run(chunk)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(TeacherError::Logits("a teacher thread panicked".into()))
+                    })
+                })
+                .collect()
+        });
+        for r in results {
+            values.extend(r?);
+            progress(values.len() / teacher.classes(), indices.len());
+        }
     }
     Logits::new(values, teacher.classes(), indices.to_vec(), false)
 }

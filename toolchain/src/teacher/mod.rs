@@ -1,8 +1,9 @@
-//! The teacher side of distillation: any ONNX classifier run by tract
-//! ([`Teacher`]), its logits over a transfer set computed once and cached on
-//! disk keyed by teacher hash and data hash ([`cached_logits`], shardable
-//! across machines), and several teachers combined into one target
-//! distribution ([`Ensemble`]).
+//! The teacher side of distillation: any ONNX classifier run by tract or,
+//! with the cargo feature `ort`, ONNX Runtime ([`Teacher`],
+//! [`TeacherEngine`]), its logits over a transfer set computed once and
+//! cached on disk keyed by teacher hash and data hash ([`cached_logits`],
+//! shardable across machines), and several teachers combined into one
+//! target distribution ([`Ensemble`]).
 //!
 //! The cache is a `safetensors` file (a `logits` tensor `[n, classes]` f32,
 //! an `indices` tensor `[n]` i64 and string metadata), so other tools can
@@ -11,6 +12,8 @@
 pub mod cache;
 pub mod ensemble;
 pub mod logits;
+#[cfg(feature = "ort")]
+pub mod ort;
 pub mod runner;
 #[cfg(test)]
 mod testutil;
@@ -18,7 +21,7 @@ mod testutil;
 pub use cache::{cached_logits, cached_shard, merge_shards, CacheKey, Shard};
 pub use ensemble::{combine, normalize_weights, Ensemble, EnsembleMode};
 pub use logits::{data_sha256, logits_for, Logits, BATCH};
-pub use runner::{parse_normalization, BatchDim, Teacher};
+pub use runner::{parse_normalization, BatchDim, Teacher, TeacherEngine};
 
 use crate::data::DataError;
 use std::path::PathBuf;
@@ -41,6 +44,14 @@ pub enum TeacherError {
         /// The teacher file.
         path: PathBuf,
         /// tract's message.
+        reason: String,
+    },
+    /// ONNX Runtime could not be loaded, or could not load or run the teacher.
+    #[error("{path}: onnxruntime: {reason}", path = path.display())]
+    Ort {
+        /// The teacher file.
+        path: PathBuf,
+        /// What failed (for a missing library: where it was looked for).
         reason: String,
     },
     /// The teacher's input is not one f32 image tensor with a batch dim.

@@ -1,12 +1,18 @@
 //! A teacher: any ONNX classifier with one f32 image input and a
-//! `[batch, classes]` output, run by tract.
+//! `[batch, classes]` output, run by tract or, with the cargo feature `ort`,
+//! by ONNX Runtime ([`TeacherEngine`]).
 //!
 //! The input's batch dimension is either symbolic (`N`, as most exporters
-//! write) or fixed. A symbolic batch is bound per distinct batch size, and
-//! each bound-and-optimised plan is kept, so a transfer set run in batches of
+//! write) or fixed. A symbolic batch is bound per distinct batch size; tract
+//! keeps each bound-and-optimised plan, so a transfer set run in batches of
 //! [`BATCH`](super::BATCH) costs at most two optimisations (full batches and
 //! the last one). A fixed batch `k` is run `k` images at a time, the last
 //! chunk padded with zeros.
+//!
+//! An engine only reads what the file declares and runs batches; the checks
+//! (input type and shape, metadata props, output shape, label count) and the
+//! chunking are engine-independent and live here once, so both engines
+//! accept and reject the same files.
 
 use super::{hex, TeacherError};
 use crate::data::Normalization;
@@ -18,8 +24,30 @@ use std::sync::{Arc, Mutex};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
-/// Largest batch handed to tract in one run; bigger calls are split.
+/// Largest batch handed to an engine in one run; bigger calls are split.
 const MAX_RUN: usize = 1024;
+
+/// Which inference engine runs a teacher.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum TeacherEngine {
+    /// tract-onnx, pure Rust (always built).
+    #[default]
+    Tract,
+    /// ONNX Runtime, loaded at run time from the `onnxruntime` wheel.
+    #[cfg(feature = "ort")]
+    Ort,
+}
 
 /// The teacher's batch dimension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,18 +58,67 @@ pub enum BatchDim {
     Fixed(usize),
 }
 
+/// What an engine reads of a teacher's single input and metadata props,
+/// before the engine-independent checks.
+pub(super) struct Declared {
+    /// The input's name.
+    pub(super) input_name: String,
+    /// The input's element type, when it is known and not f32.
+    pub(super) non_f32: Option<String>,
+    /// The input's dims (`None`: symbolic or unknown); `None` for no known rank.
+    pub(super) dims: Option<Vec<Option<usize>>>,
+    /// The `labels` metadata prop.
+    pub(super) labels: Option<String>,
+    /// The `normalization` metadata prop.
+    pub(super) normalization: Option<String>,
+}
+
+/// The engine holding the loaded model.
+enum Backend {
+    Tract(TractBackend),
+    #[cfg(feature = "ort")]
+    Ort(super::ort::OrtBackend),
+}
+
+impl Backend {
+    /// Runs one batch of the given input shape, appending the logits; returns
+    /// the output's shape.
+    fn run(
+        &self,
+        path: &Path,
+        shape: &[usize],
+        data: &[f32],
+        out: &mut Vec<f32>,
+    ) -> Result<Vec<usize>, TeacherError> {
+        match self {
+            Backend::Tract(b) => b.run(path, shape, data, out),
+            #[cfg(feature = "ort")]
+            Backend::Ort(b) => b.run(path, shape, data, out),
+        }
+    }
+
+    /// The output's shape for an input of `shape`; errors unless it is f32.
+    fn output_shape(&self, path: &Path, shape: &[usize]) -> Result<Vec<usize>, TeacherError> {
+        match self {
+            Backend::Tract(b) => b.output_shape(path, shape),
+            #[cfg(feature = "ort")]
+            Backend::Ort(b) => b.output_shape(path, shape),
+        }
+    }
+}
+
 /// An ONNX classifier used as a teacher.
 pub struct Teacher {
     path: PathBuf,
     sha256: String,
-    model: InferenceModel,
+    engine: TeacherEngine,
+    backend: Backend,
     input_name: String,
     batch: BatchDim,
     image_dims: Vec<usize>,
     classes: usize,
     labels: Option<Vec<String>>,
     normalization: Option<Normalization>,
-    plans: Mutex<HashMap<usize, Arc<TypedSimplePlan>>>,
 }
 
 impl std::fmt::Debug for Teacher {
@@ -49,6 +126,7 @@ impl std::fmt::Debug for Teacher {
         f.debug_struct("Teacher")
             .field("path", &self.path)
             .field("sha256", &self.sha256)
+            .field("engine", &self.engine)
             .field("input", &self.input_shape_string())
             .field("classes", &self.classes)
             .finish_non_exhaustive()
@@ -56,73 +134,60 @@ impl std::fmt::Debug for Teacher {
 }
 
 impl Teacher {
-    /// Loads an ONNX classifier: hashes the file, checks its single input
-    /// and its `[batch, classes]` output, and reads the `labels` and
-    /// `normalization` metadata props if present.
+    /// Loads an ONNX classifier with tract: hashes the file, checks its
+    /// single input and its `[batch, classes]` output, and reads the
+    /// `labels` and `normalization` metadata props if present.
     pub fn load(path: &Path) -> Result<Teacher, TeacherError> {
+        Self::load_with(path, TeacherEngine::Tract)
+    }
+
+    /// Loads an ONNX classifier as [`Self::load`] does, run by `engine`
+    /// (ONNX Runtime's library is found as `teacher::ort::library_path` says).
+    pub fn load_with(path: &Path, engine: TeacherEngine) -> Result<Teacher, TeacherError> {
+        match engine {
+            TeacherEngine::Tract => Self::open(path, engine, |bytes| {
+                TractBackend::open(path, bytes).map(|(b, d)| (Backend::Tract(b), d))
+            }),
+            #[cfg(feature = "ort")]
+            TeacherEngine::Ort => {
+                let library = super::ort::library_path().ok_or_else(|| TeacherError::Ort {
+                    path: path.into(),
+                    reason: super::ort::not_found_reason(None),
+                })?;
+                Self::load_ort(path, &library)
+            }
+        }
+    }
+
+    /// Loads an ONNX classifier run by ONNX Runtime from the shared library
+    /// `library`. The first library loaded serves the whole process.
+    #[cfg(feature = "ort")]
+    pub fn load_ort(path: &Path, library: &Path) -> Result<Teacher, TeacherError> {
+        Self::open(path, TeacherEngine::Ort, |bytes| {
+            super::ort::OrtBackend::open(path, bytes, library).map(|(b, d)| (Backend::Ort(b), d))
+        })
+    }
+
+    /// Reads and hashes the file, lets `open` load it into an engine, and
+    /// runs the engine-independent checks on what it declares.
+    fn open(
+        path: &Path,
+        engine: TeacherEngine,
+        open: impl FnOnce(&[u8]) -> Result<(Backend, Declared), TeacherError>,
+    ) -> Result<Teacher, TeacherError> {
         let bytes = std::fs::read(path).map_err(|source| TeacherError::Io {
             path: path.into(),
             source,
         })?;
         let sha256 = hex(&Sha256::digest(&bytes));
-        let model = guarded(path, || tract_onnx::onnx().model_for_read(&mut &bytes[..]))?;
-        let input_err = |reason: String| TeacherError::Input {
-            path: path.into(),
-            reason,
-        };
-        if model.inputs.len() != 1 {
-            return Err(input_err(format!(
-                "the model has {} inputs; a teacher takes one image tensor",
-                model.inputs.len()
-            )));
-        }
-        let input_name = model.node(model.inputs[0].node).name.clone();
-        let fact = model.input_fact(0).map_err(|e| tract_err(path, e))?.clone();
-        if let Some(dt) = fact.datum_type.concretize() {
-            if dt != f32::datum_type() {
-                return Err(input_err(format!(
-                    "input '{input_name}' is {dt:?}; a teacher takes f32 images"
-                )));
-            }
-        }
-        if fact.shape.is_open() {
-            return Err(input_err(format!("input '{input_name}' has no known rank")));
-        }
-        let dims: Vec<Option<usize>> = fact
-            .shape
-            .dims()
-            .map(|d| d.concretize().and_then(|d| d.to_i64().ok()))
-            .map(|d| d.and_then(|d| usize::try_from(d).ok()))
-            .collect();
-        if dims.len() < 2 {
-            return Err(input_err(format!(
-                "input '{input_name}' has rank {}; a teacher takes [batch, ...]",
-                dims.len()
-            )));
-        }
-        let batch = match dims[0] {
-            None => BatchDim::Dynamic,
-            Some(0) => return Err(input_err("the batch dimension is 0".into())),
-            Some(k) => BatchDim::Fixed(k),
-        };
-        let mut image_dims = Vec::new();
-        for (i, d) in dims.iter().enumerate().skip(1) {
-            match d {
-                Some(d) if *d > 0 => image_dims.push(*d),
-                _ => {
-                    return Err(input_err(format!(
-                        "dimension {i} of input '{input_name}' is not a fixed size; \
-                         only the batch dimension may be symbolic"
-                    )))
-                }
-            }
-        }
-        let labels = metadata(&model, "labels").map(|l| {
+        let (backend, declared) = open(&bytes)?;
+        let (batch, image_dims) = input_layout(path, &declared)?;
+        let labels = declared.labels.map(|l| {
             l.split(',')
                 .map(|s| s.trim().to_string())
                 .collect::<Vec<_>>()
         });
-        let normalization = match metadata(&model, "normalization") {
+        let normalization = match declared.normalization {
             Some(text) => {
                 Some(
                     parse_normalization(&text).map_err(|reason| TeacherError::Metadata {
@@ -135,40 +200,46 @@ impl Teacher {
             }
             None => None,
         };
-        let mut teacher = Teacher {
-            path: path.into(),
-            sha256,
-            model,
-            input_name,
-            batch,
-            image_dims,
-            classes: 0,
-            labels,
-            normalization,
-            plans: Mutex::new(HashMap::new()),
-        };
-        // Bind the smallest batch now: this validates the whole graph and
-        // tells the class count from the output fact.
+        // Run the smallest batch's shapes now: this validates the whole graph
+        // and tells the class count.
         let probe = match batch {
             BatchDim::Dynamic => 1,
             BatchDim::Fixed(k) => k,
         };
-        teacher.classes = teacher.output_classes(probe)?;
-        if let Some(labels) = &teacher.labels {
-            if labels.len() != teacher.classes {
+        let shape: Vec<usize> = std::iter::once(probe)
+            .chain(image_dims.iter().copied())
+            .collect();
+        let classes = match backend.output_shape(path, &shape)?[..] {
+            [b, c] if b == probe && c > 0 => c,
+            ref other => {
+                return Err(output_error(
+                    path,
+                    format!("a batch of {probe} gives {other:?}, expected [{probe}, classes]"),
+                ))
+            }
+        };
+        if let Some(labels) = &labels {
+            if labels.len() != classes {
                 return Err(TeacherError::Metadata {
                     path: path.into(),
                     key: "labels".into(),
                     value: labels.join(","),
-                    reason: format!(
-                        "{} labels for an output of {} classes",
-                        labels.len(),
-                        teacher.classes
-                    ),
+                    reason: format!("{} labels for an output of {classes} classes", labels.len()),
                 });
             }
         }
-        Ok(teacher)
+        Ok(Teacher {
+            path: path.into(),
+            sha256,
+            engine,
+            backend,
+            input_name: declared.input_name,
+            batch,
+            image_dims,
+            classes,
+            labels,
+            normalization,
+        })
     }
 
     /// The teacher file.
@@ -179,6 +250,11 @@ impl Teacher {
     /// The file's SHA-256, lower-case hex.
     pub fn sha256(&self) -> &str {
         &self.sha256
+    }
+
+    /// The engine that runs the teacher.
+    pub fn engine(&self) -> TeacherEngine {
+        self.engine
     }
 
     /// Number of classes the teacher outputs.
@@ -297,75 +373,85 @@ impl Teacher {
 
     /// Runs one batch of exactly `batch` images, appending its logits.
     fn run(&self, data: &[f32], batch: usize, out: &mut Vec<f32>) -> Result<(), TeacherError> {
-        let plan = self.plan(batch)?;
         let shape: Vec<usize> = std::iter::once(batch)
             .chain(self.image_dims.iter().copied())
             .collect();
-        let outputs = guarded(&self.path, || {
-            let input = Tensor::from_shape(&shape, data)?;
-            plan.run(tvec!(input.into_tvalue()))
-        })?;
-        let view = outputs[0]
-            .to_plain_array_view::<f32>()
-            .map_err(|e| self.output_error(format!("{e}")))?;
-        if view.shape() != [batch, self.classes] {
-            return Err(self.output_error(format!(
-                "a batch of {batch} gave {:?}, expected [{batch}, {}]",
-                view.shape(),
-                self.classes
-            )));
+        let before = out.len();
+        let got = self.backend.run(&self.path, &shape, data, out)?;
+        if got != [batch, self.classes] {
+            out.truncate(before);
+            return Err(output_error(
+                &self.path,
+                format!(
+                    "a batch of {batch} gave {got:?}, expected [{batch}, {}]",
+                    self.classes
+                ),
+            ));
         }
-        out.extend(view.iter().copied());
         Ok(())
     }
+}
 
-    /// The output's class count for a batch of `batch`, from the plan's facts.
-    fn output_classes(&self, batch: usize) -> Result<usize, TeacherError> {
-        let plan = self.plan(batch)?;
-        let fact = plan
-            .model()
-            .output_fact(0)
-            .map_err(|e| tract_err(&self.path, e))?;
-        if fact.datum_type != f32::datum_type() {
-            return Err(self.output_error(format!("it is {:?}", fact.datum_type)));
-        }
-        match fact.shape.as_concrete() {
-            Some(&[b, c]) if b == batch && c > 0 => Ok(c),
-            Some(shape) => Err(self.output_error(format!(
-                "a batch of {batch} gives {shape:?}, expected [{batch}, classes]"
-            ))),
-            None => Err(self.output_error(format!(
-                "its shape {:?} is not fixed once the batch is bound to {batch}",
-                fact.shape
-            ))),
+/// Errors unless the model has exactly one input (a teacher takes one image
+/// tensor); called by each engine before it reads that input.
+pub(super) fn check_input_count(path: &Path, inputs: usize) -> Result<(), TeacherError> {
+    if inputs == 1 {
+        Ok(())
+    } else {
+        Err(TeacherError::Input {
+            path: path.into(),
+            reason: format!("the model has {inputs} inputs; a teacher takes one image tensor"),
+        })
+    }
+}
+
+/// The batch dimension and image dims of a declared input, which must be
+/// f32 with a known rank ≥ 2 and only the batch dimension symbolic.
+fn input_layout(path: &Path, d: &Declared) -> Result<(BatchDim, Vec<usize>), TeacherError> {
+    let input_err = |reason: String| TeacherError::Input {
+        path: path.into(),
+        reason,
+    };
+    let name = &d.input_name;
+    if let Some(dt) = &d.non_f32 {
+        return Err(input_err(format!(
+            "input '{name}' is {dt}; a teacher takes f32 images"
+        )));
+    }
+    let Some(dims) = &d.dims else {
+        return Err(input_err(format!("input '{name}' has no known rank")));
+    };
+    if dims.len() < 2 {
+        return Err(input_err(format!(
+            "input '{name}' has rank {}; a teacher takes [batch, ...]",
+            dims.len()
+        )));
+    }
+    let batch = match dims[0] {
+        None => BatchDim::Dynamic,
+        Some(0) => return Err(input_err("the batch dimension is 0".into())),
+        Some(k) => BatchDim::Fixed(k),
+    };
+    let mut image_dims = Vec::new();
+    for (i, d) in dims.iter().enumerate().skip(1) {
+        match d {
+            Some(d) if *d > 0 => image_dims.push(*d),
+            _ => {
+                return Err(input_err(format!(
+                    "dimension {i} of input '{name}' is not a fixed size; \
+                     only the batch dimension may be symbolic"
+                )))
+            }
         }
     }
+    Ok((batch, image_dims))
+}
 
-    fn output_error(&self, reason: String) -> TeacherError {
-        TeacherError::Output {
-            path: self.path.clone(),
-            reason,
-        }
-    }
-
-    /// The optimised plan for `batch` images, built once per batch size.
-    fn plan(&self, batch: usize) -> Result<Arc<TypedSimplePlan>, TeacherError> {
-        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(plan) = plans.get(&batch) {
-            return Ok(plan.clone());
-        }
-        let shape: Vec<usize> = std::iter::once(batch)
-            .chain(self.image_dims.iter().copied())
-            .collect();
-        let plan = guarded(&self.path, || {
-            self.model
-                .clone()
-                .with_input_fact(0, f32::fact(&shape).into())?
-                .into_optimized()?
-                .into_runnable()
-        })?;
-        plans.insert(batch, plan.clone());
-        Ok(plan)
+/// The error for an output that is not `[batch, classes]` f32.
+pub(super) fn output_error(path: &Path, reason: String) -> TeacherError {
+    TeacherError::Output {
+        path: path.into(),
+        reason,
     }
 }
 
@@ -393,6 +479,104 @@ pub fn parse_normalization(text: &str) -> Result<Normalization, String> {
         (Some(mean), Some(std)) if std > 0.0 => Ok(Normalization { mean, std }),
         (Some(_), Some(std)) => Err(format!("std {std} is not positive")),
         _ => Err("expected mean=<m>,std=<s>".into()),
+    }
+}
+
+/// A teacher loaded into tract, with an optimised plan per batch size.
+struct TractBackend {
+    model: InferenceModel,
+    plans: Mutex<HashMap<usize, Arc<TypedSimplePlan>>>,
+}
+
+impl TractBackend {
+    /// Parses the model and reads its input and metadata props.
+    fn open(path: &Path, bytes: &[u8]) -> Result<(TractBackend, Declared), TeacherError> {
+        let model = guarded(path, || tract_onnx::onnx().model_for_read(&mut &bytes[..]))?;
+        check_input_count(path, model.inputs.len())?;
+        let input_name = model.node(model.inputs[0].node).name.clone();
+        let fact = model.input_fact(0).map_err(|e| tract_err(path, e))?;
+        let non_f32 = fact
+            .datum_type
+            .concretize()
+            .filter(|dt| *dt != f32::datum_type())
+            .map(|dt| format!("{dt:?}"));
+        let dims = (!fact.shape.is_open()).then(|| {
+            fact.shape
+                .dims()
+                .map(|d| d.concretize().and_then(|d| d.to_i64().ok()))
+                .map(|d| d.and_then(|d| usize::try_from(d).ok()))
+                .collect()
+        });
+        let declared = Declared {
+            input_name,
+            non_f32,
+            dims,
+            labels: metadata(&model, "labels"),
+            normalization: metadata(&model, "normalization"),
+        };
+        let backend = TractBackend {
+            model,
+            plans: Mutex::new(HashMap::new()),
+        };
+        Ok((backend, declared))
+    }
+
+    fn run(
+        &self,
+        path: &Path,
+        shape: &[usize],
+        data: &[f32],
+        out: &mut Vec<f32>,
+    ) -> Result<Vec<usize>, TeacherError> {
+        let plan = self.plan(path, shape)?;
+        let outputs = guarded(path, || {
+            let input = Tensor::from_shape(shape, data)?;
+            plan.run(tvec!(input.into_tvalue()))
+        })?;
+        let view = outputs[0]
+            .to_plain_array_view::<f32>()
+            .map_err(|e| output_error(path, format!("{e}")))?;
+        out.extend(view.iter().copied());
+        Ok(view.shape().to_vec())
+    }
+
+    /// The output's shape from the plan's facts, once the batch is bound.
+    fn output_shape(&self, path: &Path, shape: &[usize]) -> Result<Vec<usize>, TeacherError> {
+        let plan = self.plan(path, shape)?;
+        let fact = plan
+            .model()
+            .output_fact(0)
+            .map_err(|e| tract_err(path, e))?;
+        if fact.datum_type != f32::datum_type() {
+            return Err(output_error(path, format!("it is {:?}", fact.datum_type)));
+        }
+        match fact.shape.as_concrete() {
+            Some(dims) => Ok(dims.to_vec()),
+            None => Err(output_error(
+                path,
+                format!(
+                    "its shape {:?} is not fixed once the batch is bound to {}",
+                    fact.shape, shape[0]
+                ),
+            )),
+        }
+    }
+
+    /// The optimised plan for inputs of `shape`, built once per batch size.
+    fn plan(&self, path: &Path, shape: &[usize]) -> Result<Arc<TypedSimplePlan>, TeacherError> {
+        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(plan) = plans.get(&shape[0]) {
+            return Ok(plan.clone());
+        }
+        let plan = guarded(path, || {
+            self.model
+                .clone()
+                .with_input_fact(0, f32::fact(shape).into())?
+                .into_optimized()?
+                .into_runnable()
+        })?;
+        plans.insert(shape[0], plan.clone());
+        Ok(plan)
     }
 }
 

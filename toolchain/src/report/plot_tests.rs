@@ -1,0 +1,321 @@
+//! Set `TINYKD_KEEP_PLOTS=1` to keep the rendered charts for a look.
+use super::*;
+use std::io::Read;
+
+const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
+
+/// A fresh, empty directory under the system temp dir.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tinykd-report-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn done(dir: &Path) {
+    if std::env::var_os("TINYKD_KEEP_PLOTS").is_none() {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+/// Files in `dir` other than `keep`: leftovers of a failed render.
+fn strays(dir: &Path, keep: &[&str]) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !keep.contains(&name.as_str()))
+        .collect()
+}
+
+/// Decodes an 8-bit RGB/RGBA, non-interlaced PNG (what plotters writes):
+/// its size and how many pixels are not white.
+fn decode(file: &Path) -> ((u32, u32), usize) {
+    let bytes = std::fs::read(file).unwrap();
+    assert_eq!(bytes[..8], PNG_SIGNATURE, "{} is not a PNG", file.display());
+    assert_eq!(&bytes[12..16], b"IHDR");
+    let be = |at: usize| u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
+    let (width, height) = (be(16), be(20));
+    let (depth, color, interlace) = (bytes[24], bytes[25], bytes[28]);
+    assert_eq!((depth, interlace), (8, 0), "unexpected PNG layout");
+    let channels = match color {
+        2 => 3,
+        6 => 4,
+        other => panic!("unexpected PNG color type {other}"),
+    };
+    let (mut at, mut zlib) = (8, Vec::new());
+    while at + 8 <= bytes.len() {
+        let len = be(at) as usize;
+        if &bytes[at + 4..at + 8] == b"IDAT" {
+            zlib.extend_from_slice(&bytes[at + 8..at + 8 + len]);
+        }
+        at += 12 + len;
+    }
+    let mut raw = Vec::new();
+    flate2::read::ZlibDecoder::new(&zlib[..])
+        .read_to_end(&mut raw)
+        .unwrap();
+    let stride = width as usize * channels;
+    assert_eq!(
+        raw.len(),
+        height as usize * (stride + 1),
+        "truncated image data"
+    );
+    let (mut prev, mut non_white) = (vec![0u8; stride], 0);
+    for line in raw.chunks(stride + 1) {
+        let mut cur = line[1..].to_vec();
+        for i in 0..stride {
+            let a = if i >= channels {
+                cur[i - channels] as i16
+            } else {
+                0
+            };
+            let (b, c) = (
+                prev[i] as i16,
+                if i >= channels {
+                    prev[i - channels] as i16
+                } else {
+                    0
+                },
+            );
+            let predict = match line[0] {
+                0 => 0,
+                1 => a,
+                2 => b,
+                3 => (a + b) / 2,
+                4 => {
+                    let p = a + b - c;
+                    let (pa, pb, pc) = ((p - a).abs(), (p - b).abs(), (p - c).abs());
+                    if pa <= pb && pa <= pc {
+                        a
+                    } else if pb <= pc {
+                        b
+                    } else {
+                        c
+                    }
+                }
+                f => panic!("bad PNG filter {f}"),
+            };
+            cur[i] = cur[i].wrapping_add(predict as u8);
+        }
+        non_white += cur
+            .chunks(channels)
+            .filter(|px| px[..3] != [255, 255, 255])
+            .count();
+        prev = cur;
+    }
+    ((width, height), non_white)
+}
+
+/// Asserts `file` is a PNG of `size` with a share of drawn pixels.
+fn assert_chart(file: &Path, size: (u32, u32)) {
+    let (got, non_white) = decode(file);
+    assert_eq!(got, size, "{}", file.display());
+    let pixels = (size.0 * size.1) as usize;
+    assert!(
+        non_white * 100 > pixels,
+        "{}: only {non_white} of {pixels} pixels drawn",
+        file.display()
+    );
+    assert!(non_white < pixels, "{}: no white left", file.display());
+}
+
+fn history(epochs: usize, validation: bool) -> Vec<EpochStats> {
+    (1..=epochs)
+        .map(|e| {
+            let t = e as f64;
+            EpochStats {
+                epoch: e,
+                lr: 0.01 / t,
+                train_loss: 1.6 / t.sqrt(),
+                train_accuracy: 0.95 - 0.4 / t,
+                val_loss: validation.then(|| 1.7 / t.sqrt() + 0.02 * t),
+                val_accuracy: validation.then(|| 0.92 - 0.38 / t),
+                seconds: 3.0,
+                images_per_second: 20_000.0,
+            }
+        })
+        .collect()
+}
+
+fn fashion_names() -> Vec<String> {
+    crate::data::CLASS_NAMES
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+fn confusion(n: usize) -> Vec<Vec<usize>> {
+    (0..n)
+        .map(|r| {
+            (0..n)
+                .map(|c| {
+                    if r == c {
+                        850 + 13 * r
+                    } else {
+                        (r * 7 + c * 3) % 23
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn training_curves_twelve_epochs_with_validation() {
+    let dir = scratch("curves12");
+    let file = dir.join("curves.png");
+    training_curves_png(&file, "student, 12 epochs", &history(12, true)).unwrap();
+    assert_chart(&file, TRAINING_CURVES_SIZE);
+    assert_eq!(strays(&dir, &["curves.png"]), Vec::<String>::new());
+    done(&dir);
+}
+
+#[test]
+fn training_curves_one_epoch_without_validation() {
+    let dir = scratch("curves1");
+    let file = dir.join("curves.png");
+    let mut one = history(1, false);
+    training_curves_png(&file, "one epoch", &one).unwrap();
+    assert_chart(&file, TRAINING_CURVES_SIZE);
+    // A diverged run (NaN loss) and a perfect one still draw.
+    one[0].train_loss = f64::NAN;
+    one[0].train_accuracy = 1.0;
+    let nan = dir.join("curves-nan.png");
+    training_curves_png(&nan, "one epoch, NaN loss", &one).unwrap();
+    assert_chart(&nan, TRAINING_CURVES_SIZE);
+    done(&dir);
+}
+
+#[test]
+fn training_curves_reject_empty_history() {
+    let file = std::env::temp_dir().join("tinykd-never-written.png");
+    let err = training_curves_png(&file, "empty", &[]).unwrap_err();
+    assert!(matches!(err, PlotError::Empty { .. }), "{err}");
+    assert!(!file.exists());
+}
+
+#[test]
+fn confusion_fashion_mnist() {
+    let dir = scratch("confusion");
+    let file = dir.join("confusion.png");
+    confusion_png(
+        &file,
+        "Fashion-MNIST test",
+        &confusion(10),
+        &fashion_names(),
+    )
+    .unwrap();
+    assert_chart(&file, CONFUSION_SIZE);
+    assert_eq!(strays(&dir, &["confusion.png"]), Vec::<String>::new());
+    done(&dir);
+}
+
+#[test]
+fn confusion_long_names_and_an_empty_row() {
+    let dir = scratch("confusion3");
+    let file = dir.join("confusion.png");
+    let names = [
+        "a class name far too long to fit beside the grid",
+        "b",
+        "never seen",
+    ];
+    let names = names.map(String::from);
+    let m = vec![vec![5, 1, 0], vec![2, 7, 0], vec![0, 0, 0]];
+    confusion_png(&file, "three classes", &m, &names).unwrap();
+    assert_chart(&file, CONFUSION_SIZE);
+    done(&dir);
+}
+
+#[test]
+fn confusion_rejects_non_square_matrix() {
+    let dir = scratch("nonsquare");
+    let file = dir.join("confusion.png");
+    let mut m = confusion(10);
+    m[3].pop();
+    let err = confusion_png(&file, "bad", &m, &fashion_names()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PlotError::NotSquare {
+                row: 3,
+                len: 9,
+                classes: 10,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&file.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(strays(&dir, &[]), Vec::<String>::new());
+    done(&dir);
+}
+
+#[test]
+fn confusion_rejects_name_mismatch() {
+    let dir = scratch("names");
+    let file = dir.join("confusion.png");
+    let err = confusion_png(&file, "bad", &confusion(10), &fashion_names()[..9]).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PlotError::ClassNames {
+                classes: 10,
+                names: 9,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&file.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(strays(&dir, &[]), Vec::<String>::new());
+    done(&dir);
+}
+
+#[test]
+fn unwritable_path_is_an_error_naming_it() {
+    let dir = scratch("unwritable");
+    let file = dir.join("no-such-dir").join("chart.png");
+    let err = training_curves_png(&file, "t", &history(3, true)).unwrap_err();
+    assert!(matches!(err, PlotError::Write { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&file.display().to_string()),
+        "{err}"
+    );
+    let err = confusion_png(&file, "t", &confusion(10), &fashion_names()).unwrap_err();
+    assert!(
+        err.to_string().contains(&file.display().to_string()),
+        "{err}"
+    );
+    assert!(!file.exists());
+    assert_eq!(strays(&dir, &[]), Vec::<String>::new());
+    done(&dir);
+}
+
+#[test]
+fn failed_rename_leaves_no_partial_file() {
+    // The target is a non-empty directory: rendering succeeds, the rename fails.
+    let dir = scratch("rename");
+    let file = dir.join("chart.png");
+    std::fs::create_dir_all(file.join("occupied")).unwrap();
+    let err = training_curves_png(&file, "t", &history(2, false)).unwrap_err();
+    assert!(matches!(err, PlotError::Write { .. }), "{err}");
+    assert_eq!(strays(&dir, &["chart.png"]), Vec::<String>::new());
+    done(&dir);
+}
+
+#[test]
+fn missing_font_says_how_to_install_it() {
+    let problem = read_font(Path::new("/nonexistent/DejaVuSans.ttf")).unwrap_err();
+    let msg = problem.into_error(Path::new("out/chart.png")).to_string();
+    assert!(msg.contains("out/chart.png"), "{msg}");
+    assert!(
+        msg.contains("fonts-dejavu-core") && msg.contains("make setup"),
+        "{msg}"
+    );
+}
