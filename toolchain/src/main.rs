@@ -90,6 +90,12 @@ enum Command {
         after_help = "Examples:\n  tinykd eval build/student.onnx\n  tinykd eval models/teachers/cnn.onnx --engine tract --json\n  tinykd eval model.onnx --limit 1000 --batch 50"
     )]
     Eval(EvalArgs),
+    /// Quantize a float ONNX classifier to int8 (QDQ) with calibration on
+    /// Fashion-MNIST; prints float vs int8 accuracy and size.
+    #[command(
+        after_help = "Examples:\n  tinykd quantize build/demo/student.onnx --out build/demo/student.int8.onnx\n  tinykd quantize s.onnx --method percentile:99.99 --calib-size 2000 --out s.int8.onnx --json\n  tinykd quantize s.onnx --method entropy --eval-limit 0 --out s.int8.onnx   # no evaluation\n\nWeights: int8 symmetric per output channel; activations: int8 asymmetric per tensor, ranges from\nthe float model run on a seeded sample of the training split (minmax, percentile, mse, entropy).\nThe output is standard QDQ ONNX (opset 13+): ONNX Runtime and tract run it; the tinykd runtime\nexecutes it with integer kernels."
+    )]
+    Quantize(commands::quantize::QuantizeArgs),
     /// Run the ONNX node test cases in DIR and report passed/failed/unsupported.
     #[command(
         after_help = "Examples:\n  tinykd conformance build/onnx-node-tests --json\n  tinykd conformance build/onnx-node-tests --ops-doc docs/ops.md\n\nExits non-zero if any supported case fails."
@@ -413,6 +419,7 @@ fn main() -> Result<()> {
         Command::Distill(args) => distill(&args),
         Command::Sweep(args) => sweep(&args),
         Command::Eval(args) => eval(&args),
+        Command::Quantize(args) => commands::quantize::run(&args),
         Command::Export { weights, out } => export(&weights, &out),
         Command::Infer {
             model,

@@ -1,4 +1,5 @@
 //! The CLI's longer commands, one module per family.
 
 pub mod evaluate;
+pub mod quantize;
 pub mod training;

@@ -11,6 +11,8 @@ pub(crate) const STREAM_SPLIT: u64 = 0x5350_4c54;
 pub(crate) const STREAM_VIEWS: u64 = 0x5649_4557;
 /// Initial weights (`train/init.rs`).
 pub(crate) const STREAM_INIT: u64 = 0x494e_4954;
+/// Sampling calibration images for quantization.
+pub(crate) const STREAM_CALIBRATION: u64 = 0x4341_4c49;
 
 fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);

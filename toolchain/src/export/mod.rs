@@ -33,6 +33,7 @@ mod lower;
 pub mod onnx;
 pub mod weights;
 
+pub(crate) use align::encode_aligned;
 pub use onnx::{check_alignment, export, write, ALIGN};
 pub use weights::{load_weights, TrainedWeights};
 

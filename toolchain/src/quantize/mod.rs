@@ -1,0 +1,258 @@
+//! Post-training quantization of a float model to the QDQ form
+//! (`QuantizeLinear`/`DequantizeLinear` around float ops) with the int8
+//! scheme of ARCHITECTURE.md: weights symmetric per output channel,
+//! activations asymmetric per tensor, their ranges calibrated on sample data.
+//!
+//! The stages, one file each: [`qdq::plan`] chooses the values to quantize;
+//! [`calibrate`] turns the values the float model computes on calibration
+//! images into ranges (the model is run by tinykd-runtime with those values
+//! added as graph outputs); [`qdq::rewrite`] writes the QDQ graph, which is
+//! encoded with every initializer aligned, like the exporter's files.
+
+pub mod calibrate;
+pub mod qdq;
+
+use crate::data::Dataset;
+use crate::engine::{declared_inputs, run_tinykd, EngineError};
+use crate::tensor_file::{Elements, HostTensor};
+use calibrate::{CalibrateError, Method, Observer};
+use prost::Message;
+use qdq::{ActParams, QuantPlan, RewriteSummary};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tract_onnx::pb;
+
+/// Errors quantizing a model; each names the file, value or stage.
+#[derive(Debug, thiserror::Error)]
+pub enum QuantizeError {
+    /// The model file cannot be read or decoded.
+    #[error("{path}: {reason}", path = path.display())]
+    Read {
+        /// The model file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// The graph cannot be quantized as asked.
+    #[error("{0}")]
+    Graph(String),
+    /// Running the float model on calibration data failed.
+    #[error("calibration run: {0}")]
+    Run(#[from] EngineError),
+    /// A value's statistics are unusable.
+    #[error("value '{value}': {source}")]
+    Calibrate {
+        /// The value.
+        value: String,
+        /// Why.
+        source: CalibrateError,
+    },
+    /// Encoding the result failed.
+    #[error(transparent)]
+    Encode(#[from] crate::export::ExportError),
+}
+
+/// How to calibrate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QuantizeOptions {
+    /// Range method for activations.
+    pub method: Method,
+    /// Calibration images (a seeded sample of the data given).
+    pub calib_size: usize,
+    /// Seed of the sample.
+    pub seed: u64,
+    /// Images per calibration run.
+    pub batch: usize,
+}
+
+impl Default for QuantizeOptions {
+    fn default() -> Self {
+        QuantizeOptions {
+            method: Method::MinMax,
+            calib_size: 1000,
+            seed: 0,
+            batch: 100,
+        }
+    }
+}
+
+/// A quantized model and what was done to it.
+#[derive(Clone, Debug)]
+pub struct Quantized {
+    /// The QDQ model file's bytes (initializers aligned).
+    pub bytes: Vec<u8>,
+    /// Values, weights and biases quantized.
+    pub summary: RewriteSummary,
+    /// Images the ranges were measured on.
+    pub calibration_images: usize,
+}
+
+/// Quantizes the float ONNX model `bytes` (read from `path`, named in
+/// errors), calibrating activations on a sample of `calib`.
+pub fn quantize(
+    path: &Path,
+    bytes: &[u8],
+    calib: &Dataset,
+    opts: &QuantizeOptions,
+) -> Result<Quantized, QuantizeError> {
+    let read_err = |reason: String| QuantizeError::Read {
+        path: path.into(),
+        reason,
+    };
+    let mut model = pb::ModelProto::decode(bytes).map_err(|e| read_err(e.to_string()))?;
+    let graph = model
+        .graph
+        .as_ref()
+        .ok_or_else(|| read_err("the model has no graph".into()))?;
+    let plan = qdq::plan(graph);
+    if plan.activations.is_empty() {
+        return Err(QuantizeError::Graph(format!(
+            "{}: no Conv, Gemm or MatMul with float data to quantize",
+            path.display()
+        )));
+    }
+    let measured = calibrate_values(path, &model, &plan, calib, opts)?;
+    let params = plan.resolve(&measured)?;
+    let summary = qdq::rewrite(&mut model, &plan, &params)?;
+    model.metadata_props.retain(|p| p.key != "quantization");
+    model.metadata_props.push(pb::StringStringEntryProto {
+        key: "quantization".into(),
+        value: format!(
+            "int8 QDQ: weights symmetric per channel, activations asymmetric per tensor, \
+             calibrated with {} on {} images",
+            opts.method,
+            opts.calib_size.min(calib.len())
+        ),
+    });
+    let bytes = crate::export::encode_aligned(&mut model)?;
+    Ok(Quantized {
+        bytes,
+        summary,
+        calibration_images: opts.calib_size.min(calib.len()),
+    })
+}
+
+/// Runs the float model on the calibration sample with every measured
+/// value as an extra output, and returns each value's parameters.
+fn calibrate_values(
+    path: &Path,
+    model: &pb::ModelProto,
+    plan: &QuantPlan,
+    calib: &Dataset,
+    opts: &QuantizeOptions,
+) -> Result<HashMap<String, ActParams>, QuantizeError> {
+    let mut probe = model.clone();
+    let graph = probe.graph.as_mut().expect("checked by the caller");
+    let measured: Vec<String> = plan.measured().cloned().collect();
+    for v in &measured {
+        if !graph.output.iter().any(|o| &o.name == v) {
+            graph.output.push(float_output(v));
+        }
+    }
+    let probe_bytes = probe.encode_to_vec();
+    let declared = declared_inputs(&probe_bytes).map_err(|e| QuantizeError::Read {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
+    let [input] = declared.as_slice() else {
+        return Err(QuantizeError::Graph(format!(
+            "{}: calibration needs a model with one image input, this one has {}",
+            path.display(),
+            declared.len()
+        )));
+    };
+    let per_image: usize = input
+        .dims
+        .iter()
+        .skip(1)
+        .map(|d| d.0.unwrap_or(1))
+        .product();
+    if per_image != calib.pixels() {
+        return Err(QuantizeError::Graph(format!(
+            "{}: input '{}' takes {per_image} values per image, the calibration images have {}",
+            path.display(),
+            input.name,
+            calib.pixels()
+        )));
+    }
+    let fixed_batch = input.dims.first().and_then(|d| d.0);
+    let norm = crate::inspect::metadata(&probe_bytes, "normalization")
+        .and_then(|t| crate::teacher::parse_normalization(&t).ok())
+        .unwrap_or_default();
+    let table = norm.table();
+    let indices = sample(calib.len(), opts.calib_size, opts.seed);
+    let batch = fixed_batch.unwrap_or(opts.batch.max(1));
+    let mut observers: HashMap<&str, Observer> = measured
+        .iter()
+        .map(|v| (v.as_str(), Observer::new()))
+        .collect();
+    for chunk in indices.chunks(batch) {
+        let mut x: Vec<f32> = chunk
+            .iter()
+            .flat_map(|&i| calib.image(i).iter().map(|&p| table[usize::from(p)]))
+            .collect();
+        let rows = fixed_batch.unwrap_or(chunk.len());
+        x.resize(rows * per_image, 0.0);
+        let mut shape = vec![rows];
+        shape.extend(input.dims.iter().skip(1).map(|d| d.0.unwrap_or(1)));
+        let tensor = HostTensor {
+            name: input.name.clone(),
+            shape,
+            elements: Elements::F32(x),
+        };
+        for out in run_tinykd(path, &probe_bytes, &[tensor])? {
+            let Some(obs) = observers.get_mut(out.name.as_str()) else {
+                continue;
+            };
+            let Some(values) = out.as_f32() else { continue };
+            // A padded fixed batch: only the real images' rows count.
+            let per_row = values.len() / rows.max(1);
+            let used = &values[..chunk.len().min(rows) * per_row];
+            obs.observe(used)
+                .map_err(|source| QuantizeError::Calibrate {
+                    value: out.name.clone(),
+                    source,
+                })?;
+        }
+    }
+    measured
+        .iter()
+        .map(|v| {
+            let range = observers[v.as_str()].range(opts.method).map_err(|source| {
+                QuantizeError::Calibrate {
+                    value: v.clone(),
+                    source,
+                }
+            })?;
+            Ok((v.clone(), ActParams::from_range(range.0, range.1)))
+        })
+        .collect()
+}
+
+/// `n` distinct indices below `len` (all of them when `n ≥ len`), seeded.
+fn sample(len: usize, n: usize, seed: u64) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..len).collect();
+    let mut rng = crate::data::rng::Rng::derive(seed, &[crate::data::rng::STREAM_CALIBRATION]);
+    let n = n.min(len);
+    for i in 0..n {
+        let j = i + rng.below((len - i) as u64) as usize;
+        idx.swap(i, j);
+    }
+    idx.truncate(n);
+    idx
+}
+
+/// A float32 graph output of unknown shape.
+fn float_output(name: &str) -> pb::ValueInfoProto {
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            denotation: String::new(),
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: pb::tensor_proto::DataType::Float as i32,
+                shape: None,
+            })),
+        }),
+        doc_string: String::new(),
+    }
+}
