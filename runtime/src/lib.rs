@@ -21,6 +21,7 @@
 extern crate alloc;
 
 pub mod error;
+pub mod fuse;
 pub mod kernels;
 pub mod limits;
 pub mod model;
@@ -33,7 +34,7 @@ pub mod tensor;
 pub mod value;
 
 pub use error::Error;
-pub use model::{Bindings, ConstInput, Model, Node};
+pub use model::{Bindings, ConstInput, LoadOptions, Model, Node};
 pub use ops::{Data, DataMut};
 pub use session::{AlignedArena, Session};
 pub use tensor::{DType, Shape};

@@ -16,7 +16,7 @@ use crate::value::{ConstData, Value, ValueKind};
 use heapless::Vec;
 
 /// Marks an omitted optional input in the node I/O table.
-const ABSENT: u16 = u16::MAX;
+pub(crate) const ABSENT: u16 = u16::MAX;
 
 /// One node of the validated graph.
 #[derive(Clone, Copy, Debug)]
@@ -27,10 +27,16 @@ pub struct Node<'a> {
     pub op_type: &'a str,
     /// The prepared operator.
     pub op: Op,
-    io_start: u16,
-    n_inputs: u8,
+    pub(crate) io_start: u16,
+    pub(crate) n_inputs: u8,
     /// The value the node writes (`None` when its output is unused).
     pub output: Option<u16>,
+    /// Part of a QDQ pattern that the load-time rewrite ([`crate::fuse`])
+    /// turned into an integer op: either that op (the node of the float
+    /// op, now running e.g. [`Op::QLinearConv`] and writing the pattern's
+    /// quantized output) or a DequantizeLinear/QuantizeLinear it absorbed
+    /// (now [`Op::Nop`]).
+    pub qdq_fused: bool,
 }
 
 /// A caller-supplied constant for a graph input: lets a model whose shape
@@ -56,6 +62,23 @@ pub struct Bindings<'b> {
     pub constants: &'b [ConstInput<'b>],
 }
 
+/// Load-time graph rewrites that [`Model::load_with`] can turn off; all on
+/// by default ([`Model::parse`], [`Model::load`]). Turning one off never
+/// changes what a model computes beyond rounding: it is for measuring and
+/// debugging (e.g. comparing a QDQ model's integer execution with its
+/// literal DequantizeLinear → float op → QuantizeLinear one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Run QDQ patterns with integer kernels ([`crate::fuse`]).
+    pub fuse_qdq: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { fuse_qdq: true }
+    }
+}
+
 /// A validated, planned model, borrowing its weights from the file bytes.
 pub struct Model<'a> {
     ir_version: i64,
@@ -64,11 +87,11 @@ pub struct Model<'a> {
     // lands in .bss, not in flash-backed .data).
     producer: Option<(&'a str, &'a str)>,
     graph_name: Option<&'a str>,
-    values: Vec<Value<'a>, MAX_VALUES>,
-    nodes: Vec<Node<'a>, MAX_NODES>,
-    io: Vec<u16, MAX_NODE_IO>,
+    pub(crate) values: Vec<Value<'a>, MAX_VALUES>,
+    pub(crate) nodes: Vec<Node<'a>, MAX_NODES>,
+    pub(crate) io: Vec<u16, MAX_NODE_IO>,
     inputs: Vec<u16, MAX_GRAPH_IO>,
-    outputs: Vec<u16, MAX_GRAPH_IO>,
+    pub(crate) outputs: Vec<u16, MAX_GRAPH_IO>,
     metadata: Vec<(&'a str, &'a str), MAX_METADATA>,
     plan: Plan,
 }
@@ -202,8 +225,18 @@ impl<'a> Model<'a> {
     /// Parses `bytes` into `self`, in place (nothing large is moved). On
     /// error `self` is left empty.
     pub fn load(&mut self, bytes: &'a [u8], bindings: &Bindings<'a>) -> Result<(), Error> {
+        self.load_with(bytes, bindings, LoadOptions::default())
+    }
+
+    /// As [`Model::load`], with some load-time rewrites turned off.
+    pub fn load_with(
+        &mut self,
+        bytes: &'a [u8],
+        bindings: &Bindings<'a>,
+        options: LoadOptions,
+    ) -> Result<(), Error> {
         self.clear();
-        let result = self.load_graph(bytes, bindings);
+        let result = self.load_graph(bytes, bindings, options);
         if result.is_err() {
             self.clear();
         }
@@ -224,7 +257,12 @@ impl<'a> Model<'a> {
         self.plan.clear();
     }
 
-    fn load_graph(&mut self, bytes: &'a [u8], bindings: &Bindings<'a>) -> Result<(), Error> {
+    fn load_graph(
+        &mut self,
+        bytes: &'a [u8],
+        bindings: &Bindings<'a>,
+        options: LoadOptions,
+    ) -> Result<(), Error> {
         let view = ModelView::parse(bytes)?;
         let mut opset = None;
         for entry in view.opset_imports() {
@@ -262,6 +300,9 @@ impl<'a> Model<'a> {
         self.read_nodes(&graph)?;
         self.read_outputs(&graph)?;
         self.fuse_activations();
+        if options.fuse_qdq {
+            self.fuse_qdq();
+        }
         planner::plan_into(self)
     }
 
@@ -473,6 +514,7 @@ impl<'a> Model<'a> {
                 io_start: io_start as u16,
                 n_inputs: input_ids.len() as u8,
                 output,
+                qdq_fused: false,
             };
             self.nodes
                 .push(node)
@@ -588,9 +630,19 @@ impl<'a> Model<'a> {
     pub fn values(&self) -> &[Value<'a>] {
         &self.values
     }
-    /// The nodes, in execution order (fused activations remain as `Nop`).
+    /// The nodes, in execution order (fused activations and absorbed QDQ
+    /// nodes remain as `Nop`; after a QDQ rewrite a `Nop` lists no inputs).
     pub fn nodes(&self) -> &[Node<'a>] {
         &self.nodes
+    }
+    /// What the QDQ rewrite did: `(nodes fused, integer ops they became)`,
+    /// e.g. `(12, 3)` for three DequantizeLinear → Conv → QuantizeLinear
+    /// patterns with their weight and bias DequantizeLinears (see
+    /// [`Node::qdq_fused`]).
+    pub fn qdq_fusion(&self) -> (usize, usize) {
+        let fused = self.nodes.iter().filter(|n| n.qdq_fused);
+        let ops = fused.clone().filter(|n| n.op != Op::Nop).count();
+        (fused.count(), ops)
     }
     /// Value ids of node `node`'s inputs (`None` for omitted optional inputs).
     pub fn node_inputs(&self, node: &Node<'a>) -> impl Iterator<Item = Option<u16>> + '_ {

@@ -1,7 +1,8 @@
 //! Structure-aware fuzzing of `Model::parse` and `Session::run`.
 //!
 //! Small valid seed models (`tests/data/fuzz-seeds/`, written by
-//! `scripts/gen_fuzz_seeds.py`) are mutated: at the protobuf level (any
+//! `scripts/gen_fuzz_seeds.py`, and `ort_qdq.onnx`, a QDQ model from ONNX
+//! Runtime's quantizer, by `scripts/gen_ort_qdq.py`) are mutated: at the protobuf level (any
 //! varint set to an extreme value, dims made huge or zero, a length varint
 //! inflated or deflated at any nesting depth, two fields' tags swapped, wire
 //! types and field numbers changed, fields deleted or duplicated), at the

@@ -243,10 +243,9 @@ fn rint(v: f64) -> f64 {
     }
 }
 
-/// TFLite's fixed-point requantization of `acc` by `real`, written out
-/// independently of the runtime: frexp, a Q31 multiplier rounded half away
-/// from zero, a doubling high multiply (ties up), a rounding right shift
-/// (ties away from zero).
+/// TFLite's single-rounding fixed-point requantization of `acc` by `real`,
+/// written out independently of the runtime: frexp, a Q31 multiplier
+/// rounded half away from zero, then one rounding of the product (ties up).
 fn tflite_requant(acc: i32, real: f32) -> i64 {
     let bits = f64::from(real).to_bits();
     let exp = ((bits >> 52) & 0x7ff) as i64 - 1022;
@@ -256,14 +255,10 @@ fn tflite_requant(acc: i32, real: f32) -> i64 {
         m /= 2;
         shift += 1;
     }
-    let x = i64::from(acc) << shift.max(0);
-    let ab = x * m;
-    let nudge = if ab >= 0 { 1 << 30 } else { 1 - (1 << 30) };
-    let high = (ab + nudge) / (1 << 31);
-    let right = (-shift).max(0);
-    let mask = (1i64 << right) - 1;
-    let threshold = (mask >> 1) + i64::from(high < 0);
-    (high >> right) + i64::from((high & mask) > threshold)
+    // One rounding of acc · m · 2^shift / 2^31, ties towards +∞, in i128.
+    let total = 31 - shift;
+    let v = (i128::from(acc) * i128::from(m) + (1i128 << (total - 1))).div_euclid(1i128 << total);
+    v as i64
 }
 
 /// The ONNX reference: `rint(acc · real + zero_point)` in f64, clamped.
@@ -549,32 +544,35 @@ fn qlinear_matmul_batched_int8_broadcasts_b() {
     }
 }
 
-/// The fixed-point requantization rounds twice (TFLite's scheme) where the
-/// ONNX reference rounds once, half to even: with a multiplier of 0.375, an
-/// accumulator of 1 gives 0.375, which the reference rounds to 0 but the
-/// fixed-point path to 1 (0.375 · 2 = 0.75 → 1 in the doubling high
-/// multiply, then 1 / 2 = 0.5 → 1). The runtime keeps the fixed-point path;
-/// this pins the documented difference.
+/// The fixed-point requantization rounds once, ties towards +∞ (TFLite's
+/// single rounding), where the ONNX reference rounds half to even: they
+/// differ on exact ties only. With a multiplier of 0.375 an accumulator of
+/// 1 gives 0 on both (double rounding would give 1); with 0.5 the tie 0.5
+/// goes to 1 here and to 0 in the reference. This pins both.
 #[test]
-fn fixed_point_requant_double_rounding_differs_from_the_float_reference() {
-    let g = Graph::default()
-        .input("a", I8, &[1, 1])
-        .f32("a_s", &[], &[0.375])
-        .i8("z", &[], &[0])
-        .i8("b", &[1, 1], &[1])
-        .f32("one", &[], &[1.0])
-        .node(
-            "QLinearMatMul",
-            &["a", "a_s", "z", "b", "one", "z", "one", "z"],
-            &["y"],
-            &[],
-        )
-        .output("y", I8, &[1, 1]);
-    let mut y = [0i8; 1];
-    run(&g.model(10), &[Data::I8(&[1])], &mut [DataMut::I8(&mut y)]).unwrap();
+fn fixed_point_requant_differs_from_the_float_reference_on_ties_only() {
+    let run_with = |scale: f32| {
+        let g = Graph::default()
+            .input("a", I8, &[1, 1])
+            .f32("a_s", &[], &[scale])
+            .i8("z", &[], &[0])
+            .i8("b", &[1, 1], &[1])
+            .f32("one", &[], &[1.0])
+            .node(
+                "QLinearMatMul",
+                &["a", "a_s", "z", "b", "one", "z", "one", "z"],
+                &["y"],
+                &[],
+            )
+            .output("y", I8, &[1, 1]);
+        let mut y = [0i8; 1];
+        run(&g.model(10), &[Data::I8(&[1])], &mut [DataMut::I8(&mut y)]).unwrap();
+        y[0]
+    };
     assert_eq!(float_requant(1, 0.375, 0, -128, 127), 0);
-    assert_eq!(tflite_requant(1, 0.375), 1);
-    assert_eq!(y, [1]);
+    assert_eq!(run_with(0.375), 0);
+    assert_eq!(float_requant(1, 0.5, 0, -128, 127), 0);
+    assert_eq!(run_with(0.5), 1);
 }
 
 // ---------------------------------------------------------------- QLinearConv / ConvInteger

@@ -46,6 +46,9 @@ pub struct Report {
     pub fused_activations: usize,
     /// Nodes evaluated at load time (shape arithmetic, Constant).
     pub folded_nodes: usize,
+    /// QDQ nodes (DequantizeLinear → float op → QuantizeLinear patterns)
+    /// the runtime fused at load time, and the int8 ops they became.
+    pub qdq_fused: (usize, usize),
     /// Elements held in constants.
     pub parameters: usize,
     /// Bytes held in constants.
@@ -70,7 +73,7 @@ impl Report {
         let (mut fused_activations, mut folded_nodes) = (0, 0);
         for node in model.nodes() {
             *ops.entry(node.op_type.to_string()).or_insert(0) += 1;
-            if node.op == tinykd_runtime::ops::Op::Nop {
+            if node.op == tinykd_runtime::ops::Op::Nop && !node.qdq_fused {
                 if tinykd_runtime::ops::unary::ACTIVATIONS.contains(&node.op_type) {
                     fused_activations += 1;
                 } else {
@@ -90,6 +93,7 @@ impl Report {
             ops,
             fused_activations,
             folded_nodes,
+            qdq_fused: model.qdq_fusion(),
             parameters,
             weight_bytes,
             macs: model.macs(),
@@ -135,6 +139,14 @@ impl Report {
             "fused activations",
             self.fused_activations.to_string(),
         );
+        if self.qdq_fused.0 > 0 {
+            let (nodes, ops) = self.qdq_fused;
+            row(
+                &mut s,
+                "QDQ fused",
+                format!("{nodes} QDQ nodes fused into {ops} int8 ops"),
+            );
+        }
         if self.folded_nodes > 0 {
             let folded = format!("{} nodes (shape arithmetic, constants)", self.folded_nodes);
             row(&mut s, "folded at load", folded);

@@ -14,7 +14,10 @@ pub mod matmul;
 pub mod normalization;
 pub mod pad;
 pub mod pool;
+pub mod qadd;
+pub mod qgemm;
 pub mod qlinear;
+pub mod qpool;
 pub mod quantize;
 pub mod reshape;
 pub mod softmax;
@@ -77,8 +80,16 @@ pub enum Op {
     ConvInteger(integer::ConvInteger),
     /// MatMulInteger: int8/uint8 matrix product, int32 output.
     MatMulInteger(matmul::MatMul),
-    /// Nothing to run: a `Constant` node, or an activation fused into the
-    /// node before it.
+    /// int8 Gemm, made at load time from a QDQ Gemm ([`crate::fuse`]).
+    QGemm(qgemm::QGemm),
+    /// int8 AveragePool / GlobalAveragePool, made at load time from a QDQ
+    /// one ([`crate::fuse`]).
+    QAveragePool(qpool::QAveragePool),
+    /// int8 Add, made at load time from a QDQ Add ([`crate::fuse`]).
+    QAdd(qadd::QAdd),
+    /// Nothing to run: a `Constant` node, an activation fused into the
+    /// node before it, or a DequantizeLinear/QuantizeLinear absorbed into
+    /// an integer op by the QDQ rewrite.
     Nop,
 }
 
@@ -104,6 +115,7 @@ impl Op {
             Op::Gemm(g) => g.macs(),
             Op::MatMul(m) | Op::MatMulInteger(m) => m.macs(output),
             Op::QLinearMatMul(q) => q.matmul.macs(output),
+            Op::QGemm(g) => g.macs(),
             _ => 0,
         }
     }
@@ -115,6 +127,9 @@ impl Op {
         match self {
             Op::QLinearConv(c) => c.requants,
             Op::QLinearMatMul(m) => m.requants,
+            Op::QGemm(g) => g.requants,
+            Op::QAveragePool(_) => 1,
+            Op::QAdd(_) => qadd::REQUANTS,
             _ => 0,
         }
     }
@@ -520,6 +535,9 @@ pub fn eval(
         Op::QLinearMatMul(m) => m.eval(inputs, requants, output, output_shape),
         Op::ConvInteger(c) => c.eval(inputs, output),
         Op::MatMulInteger(m) => integer::eval_matmul(m, inputs, output, output_shape),
+        Op::QGemm(g) => g.eval(inputs, requants, output),
+        Op::QAveragePool(p) => p.eval(inputs, requants, output),
+        Op::QAdd(a) => a.eval(inputs, requants, output, output_shape),
         _ => {
             if let DataMut::F32(y) = output {
                 eval_f32(op, inputs, y, output_shape);
@@ -561,8 +579,13 @@ pub fn eval_in_place(op: &Op, data: DataMut<'_>) {
 /// its constant inputs (`inputs` as in `prepare`). Writes nothing for
 /// other ops.
 pub fn fill_requants(op: &Op, inputs: &[Option<&Value<'_>>], out: &mut [Requant]) {
-    if op.requant_len() > 0 {
-        qlinear::fill_requants(inputs, out);
+    match op {
+        Op::QLinearConv(_) | Op::QLinearMatMul(_) | Op::QGemm(_) => {
+            qlinear::fill_requants(inputs, out)
+        }
+        Op::QAveragePool(p) => p.fill_requants(inputs, out),
+        Op::QAdd(_) => qadd::fill_requants(inputs, out),
+        _ => {}
     }
 }
 

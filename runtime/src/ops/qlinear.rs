@@ -27,7 +27,7 @@ use crate::error::Error;
 use crate::kernels::generic::conv::ConvGeometry;
 use crate::kernels::generic::conv_i8::conv2d_i8_requant;
 use crate::kernels::generic::gemm_i8::gemm_i8_requant;
-use crate::quant::{OutputStage, QElem, Requant};
+use crate::quant::{Clamp, OutputStage, QElem, Requant};
 use crate::tensor::{DType, Shape};
 use crate::value::Value;
 
@@ -39,6 +39,9 @@ pub struct QLinearConv {
     /// Requantizations kept in the arena: 1 (per-tensor weights) or one
     /// per output channel.
     pub requants: usize,
+    /// A Relu/Clip fused in by the load-time QDQ rewrite
+    /// ([`crate::fuse`]); [`Clamp::NONE`] for a QLinearConv of the file.
+    pub clamp: Clamp,
 }
 
 /// A prepared QLinearMatMul.
@@ -51,16 +54,17 @@ pub struct QLinearMatMul {
     pub requants: usize,
 }
 
-/// Input positions, the same for both ops: `x, x_scale, x_zero_point, w,
-/// w_scale, w_zero_point, y_scale, y_zero_point`.
-const X_SCALE: usize = 1;
-const X_ZERO: usize = 2;
-const W: usize = 3;
-const W_SCALE: usize = 4;
-const W_ZERO: usize = 5;
-const Y_SCALE: usize = 6;
-const Y_ZERO: usize = 7;
-const BIAS: usize = 8;
+/// Input positions, the same for both ops (and for the int8 Gemm the QDQ
+/// rewrite makes, [`super::qgemm`]): `x, x_scale, x_zero_point, w,
+/// w_scale, w_zero_point, y_scale, y_zero_point[, bias]`.
+pub(crate) const X_SCALE: usize = 1;
+pub(crate) const X_ZERO: usize = 2;
+pub(crate) const W: usize = 3;
+pub(crate) const W_SCALE: usize = 4;
+pub(crate) const W_ZERO: usize = 5;
+pub(crate) const Y_SCALE: usize = 6;
+pub(crate) const Y_ZERO: usize = 7;
+pub(crate) const BIAS: usize = 8;
 
 pub(super) fn prepare_conv<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Error> {
     ctx.check_arity(8, 9)?;
@@ -77,7 +81,11 @@ pub(super) fn prepare_conv<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>)
         }
     }
     Ok((
-        Op::QLinearConv(QLinearConv { geometry, requants }),
+        Op::QLinearConv(QLinearConv {
+            geometry,
+            requants,
+            clamp: Clamp::NONE,
+        }),
         Output::typed(dtype, shape),
     ))
 }
@@ -166,7 +174,7 @@ fn check_params(
 /// `f(c, requantization of channel c)` for every weight scale, the real
 /// multiplier computed in f32 as the ONNX reference does:
 /// `(x_scale · w_scale[c]) / y_scale`.
-fn for_each_requant(
+pub(crate) fn for_each_requant(
     inputs: &[Option<&Value<'_>>],
     mut f: impl FnMut(usize, Result<Requant, crate::quant::QuantError>),
 ) {
@@ -213,7 +221,7 @@ impl QLinearConv {
                 zero_points(input(W_ZERO)),
                 zero_points(input(Y_ZERO)),
             );
-            conv(g, xs, zx, ws, zw, bias, requants, zy, ys)
+            conv(g, xs, zx, ws, zw, bias, requants, self.clamp, zy, ys)
         })));
     }
 }
@@ -227,13 +235,15 @@ fn conv<X: QElem + Elem, W: QElem + Elem, Y: QElem + Elem>(
     zw: ZeroPoints<'_, W>,
     bias: Option<&[i32]>,
     requants: &[Requant],
+    clamp: Clamp,
     zy: ZeroPoints<'_, Y>,
     y: &mut [Y],
 ) {
     let stage = OutputStage {
         bias,
         ..OutputStage::new(requants, zy.at(0))
-    };
+    }
+    .with_clamp(clamp);
     if !stage.fits(g.out_channels) {
         return; // never: checked at load
     }

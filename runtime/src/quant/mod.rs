@@ -20,8 +20,8 @@ pub mod requant;
 
 pub use linear::{dequantize_linear, quantize_linear};
 pub use requant::{
-    multiply_by_quantized_multiplier, quantize_multiplier, rounding_divide_by_pot,
-    saturating_rounding_doubling_high_mul,
+    multiply_by_quantized_multiplier, multiply_by_quantized_multiplier_double_rounding,
+    quantize_multiplier, rounding_divide_by_pot, saturating_rounding_doubling_high_mul,
 };
 
 /// Everything wrong a set of quantization parameters can be. `what` names
@@ -289,6 +289,54 @@ impl<'a, Y: QElem> OutputStage<'a, Y> {
         self.bias.is_none_or(|b| b.len() == channels)
             && (self.requant.len() == 1 || self.requant.len() == channels)
             && self.act_min.to_i32() <= self.act_max.to_i32()
+    }
+}
+
+impl<Y: QElem> OutputStage<'_, Y> {
+    /// The same stage clamped to `clamp` as well (a fused activation).
+    pub fn with_clamp(self, clamp: Clamp) -> Self {
+        let (act_min, act_max) = clamp.bounds();
+        OutputStage {
+            act_min,
+            act_max,
+            ..self
+        }
+    }
+}
+
+/// An activation fused into an integer op, in the quantized domain: the
+/// outputs are clamped to `[min, max]` (output values, zero point
+/// included), and to the element type's range. A Relu is
+/// `[zero_point, MAX]`; a Clip is `[Q(min), Q(max)]` (quantization is
+/// monotone, so clamping before or after it gives the same values).
+/// `min ≤ max` always.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Clamp {
+    /// Lowest output value.
+    pub min: i32,
+    /// Highest output value.
+    pub max: i32,
+}
+
+impl Clamp {
+    /// No activation: the element type's full range.
+    pub const NONE: Clamp = Clamp {
+        min: i32::MIN,
+        max: i32::MAX,
+    };
+
+    /// The bounds as elements of `Y` (saturated to its range).
+    pub fn bounds<Y: QElem>(self) -> (Y, Y) {
+        (
+            Y::from_i32_saturating(self.min),
+            Y::from_i32_saturating(self.max),
+        )
+    }
+}
+
+impl Default for Clamp {
+    fn default() -> Self {
+        Clamp::NONE
     }
 }
 

@@ -1,12 +1,18 @@
-//! Fixed-point requantization, bit-exact with gemmlowp's
-//! `SaturatingRoundingDoublingHighMul` and `RoundingDivideByPOT`, TFLite
-//! (Micro)'s double-rounding `MultiplyByQuantizedMultiplier`, and TFLite's
-//! `QuantizeMultiplier`.
+//! Fixed-point requantization: TFLite (Micro)'s single-rounding
+//! `MultiplyByQuantizedMultiplier` (`TFLITE_SINGLE_ROUNDING`, also
+//! CMSIS-NN's `arm_nn_requantize` with `CMSIS_NN_USE_SINGLE_ROUNDING`) and
+//! TFLite's `QuantizeMultiplier`; gemmlowp's `SaturatingRoundingDoublingHighMul`
+//! and `RoundingDivideByPOT` for the double-rounding form.
 //!
-//! Rounding, precisely: the doubling high multiply rounds ties towards +∞
-//! (it is `floor((a·b + 2^30) / 2^31)`, like Arm's `VQRDMULH`); the division
-//! by a power of two rounds ties away from zero. Only
-//! [`quantize_multiplier`] uses floating point, at load time.
+//! Why single rounding: `x · M · 2^shift / 2^31` is rounded once, to nearest
+//! with ties towards +∞, in 64-bit arithmetic. The double-rounding form
+//! (a rounding high multiply, then a rounding shift) rounds the intermediate
+//! too, and on ordinary convolutions about one output in a hundred lands one
+//! step away from a single correctly rounded result, which is what ONNX
+//! Runtime and the ONNX reference compute (in float); single rounding
+//! differs from them only on exact ties. It is also cheaper on a 32-bit core
+//! with a 32×32→64 multiply (Cortex-M4 `SMULL`). Only [`quantize_multiplier`]
+//! uses floating point, at load time.
 
 /// `round(a · b / 2^31)` with ties towards +∞, saturating the one case that
 /// overflows (`i32::MIN · i32::MIN` gives `i32::MAX`). Arm's `VQRDMULH`.
@@ -35,17 +41,28 @@ pub fn rounding_divide_by_pot(x: i32, exponent: i32) -> i32 {
     (x >> exponent) + (remainder > threshold) as i32
 }
 
-/// `x · multiplier · 2^shift / 2^31`, rounded as TFLite's double-rounding
-/// `MultiplyByQuantizedMultiplier`: a left shift (`shift > 0`) multiplies `x`
-/// first, then a doubling high multiply, then a rounding right shift
-/// (`shift < 0`). `shift` must be in `-31..=30`.
-///
-/// The left shift wraps on overflow, as the reference's int32 multiply does
-/// on two's-complement hardware (in C++ it is undefined); keep
-/// `|x| · 2^shift < 2^31`.
+/// `x · multiplier · 2^shift / 2^31`, rounded once to nearest with ties
+/// towards +∞ (TFLite's single-rounding `MultiplyByQuantizedMultiplier`),
+/// saturated to i32. `shift` must be in `-31..=30` (others are clamped).
 #[inline(always)]
 pub fn multiply_by_quantized_multiplier(x: i32, multiplier: i32, shift: i32) -> i32 {
     debug_assert!((-31..=30).contains(&shift), "shift {shift}");
+    let total_shift = 31 - shift.clamp(-31, 30); // 1..=62
+    let round = 1i64 << (total_shift - 1);
+    // |x · multiplier| ≤ 2^62 and round ≤ 2^61: no i64 overflow.
+    let result = (i64::from(x) * i64::from(multiplier) + round) >> total_shift;
+    result.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
+}
+
+/// The double-rounding form of [`multiply_by_quantized_multiplier`]
+/// (TFLite's default build, gemmlowp): a left shift, a rounding doubling
+/// high multiply, then a rounding right shift. Kept as the reference the
+/// single-rounding form is compared with.
+pub fn multiply_by_quantized_multiplier_double_rounding(
+    x: i32,
+    multiplier: i32,
+    shift: i32,
+) -> i32 {
     let left = shift.clamp(0, 30);
     let right = (-shift).clamp(0, 31);
     rounding_divide_by_pot(
@@ -172,38 +189,46 @@ mod tests {
     #[test]
     fn multiply_shifts_left_and_right() {
         let half = 1 << 30;
-        // shift 0: x · 0.5.
-        assert_eq!(multiply_by_quantized_multiplier(9, half, 0), 5);
-        assert_eq!(multiply_by_quantized_multiplier(-9, half, 0), -4);
+        let m = multiply_by_quantized_multiplier;
+        // shift 0: x · 0.5; ties go towards +∞.
+        assert_eq!((m(9, half, 0), m(-9, half, 0), m(8, half, 0)), (5, -4, 4));
         // shift 1: x · 1, exactly.
-        for x in [0, 1, -1, 12345, -12345, i32::MAX / 2, i32::MIN / 2] {
-            assert_eq!(multiply_by_quantized_multiplier(x, half, 1), x);
+        for x in [0, 1, -1, 12345, -12345, i32::MAX, i32::MIN] {
+            assert_eq!(m(x, half, 1), x);
         }
         // shift 3: x · 4.
-        assert_eq!(multiply_by_quantized_multiplier(-100, half, 3), -400);
-        // shift −2: x · 0.125; both roundings show: −12 · 0.5 = −6 then
-        // −6 / 4 = −1.5 → −2; −11 · 0.5 = −5.5 → −5 (towards +∞) then
-        // −5 / 4 = −1.25 → −1. Double rounding differs from rounding
-        // −11/8 = −1.375 only in the tie cases.
-        assert_eq!(multiply_by_quantized_multiplier(-12, half, -2), -2);
-        assert_eq!(multiply_by_quantized_multiplier(-11, half, -2), -1);
-        assert_eq!(multiply_by_quantized_multiplier(12, half, -2), 2);
-        // Double rounding: 1 · 0.25 is 0.5 → 1 after the high multiply, then
-        // 1/2 = 0.5 → 1 again, where one rounding of 0.25 would give 0. This
-        // is the reference behaviour.
-        assert_eq!(multiply_by_quantized_multiplier(1, half, -1), 1);
-        assert_eq!(multiply_by_quantized_multiplier(-1, half, -1), 0);
-        assert_eq!(multiply_by_quantized_multiplier(5, half, -2), 1);
-        // shift −31, the largest right shift: (2^31 − 2) / 2^31 → 1, and
-        // anything below 2^30 in magnitude → 0.
-        assert_eq!(multiply_by_quantized_multiplier(i32::MAX, i32::MAX, -31), 1);
+        assert_eq!(m(-100, half, 3), -400);
+        // shift −2: x · 0.125, rounded once: −12 → −1.5 → −1 (tie towards
+        // +∞), −11 → −1.375 → −1, 12 → 1.5 → 2, 5 → 0.625 → 1.
         assert_eq!(
-            multiply_by_quantized_multiplier(-i32::MAX, i32::MAX, -31),
-            -1
+            [
+                m(-12, half, -2),
+                m(-11, half, -2),
+                m(12, half, -2),
+                m(5, half, -2)
+            ],
+            [-1, -1, 2, 1]
         );
-        assert_eq!(multiply_by_quantized_multiplier(1 << 29, i32::MAX, -31), 0);
-        // Zero multiplier gives zero.
-        assert_eq!(multiply_by_quantized_multiplier(i32::MIN, 0, 0), 0);
+        // 1 · 0.25 → 0 and −1 · 0.25 → 0: one rounding, no intermediate.
+        assert_eq!((m(1, half, -1), m(-1, half, -1)), (0, 0));
+        // shift −31, the largest right shift: (2^31 − 1)^2 / 2^62 → 1.
+        assert_eq!(m(i32::MAX, i32::MAX, -31), 1);
+        assert_eq!(m(-i32::MAX, i32::MAX, -31), -1);
+        assert_eq!(m(1 << 29, i32::MAX, -31), 0);
+        // Results beyond i32 saturate.
+        assert_eq!(m(i32::MAX, i32::MAX, 30), i32::MAX);
+        assert_eq!(m(i32::MIN, i32::MAX, 30), i32::MIN);
+        assert_eq!(m(i32::MIN, 0, 0), 0);
+    }
+
+    #[test]
+    fn double_rounding_differs_on_the_intermediate() {
+        let half = 1 << 30;
+        let d = multiply_by_quantized_multiplier_double_rounding;
+        // 1 · 0.25: the high multiply gives 0.5 → 1, then 1/2 → 1 again,
+        // where single rounding gives 0; −12 · 0.125: −6 then −1.5 → −2.
+        assert_eq!((d(1, half, -1), d(-12, half, -2)), (1, -2));
+        assert_eq!((d(9, half, 0), d(-100, half, 3)), (5, -400));
     }
 
     #[test]
@@ -244,9 +269,18 @@ mod tests {
         }
 
         #[test]
-        fn multiply_is_the_composition(x in -(1i32 << 20)..(1 << 20), m in (1i32 << 30)..=i32::MAX, shift in -31i32..=10) {
+        fn double_rounding_is_the_composition(x in -(1i32 << 20)..(1 << 20), m in (1i32 << 30)..=i32::MAX, shift in -31i32..=10) {
             let left = shift.max(0);
             let want = rdbp_ref(srdhm_ref(x << left, m), (-shift).max(0));
+            prop_assert_eq!(multiply_by_quantized_multiplier_double_rounding(x, m, shift), want);
+        }
+
+        #[test]
+        fn single_rounding_matches_formula(x in any::<i32>(), m in 0i32..=i32::MAX, shift in -31i32..=30) {
+            // floor((x · m + 2^(30 − shift)) / 2^(31 − shift)), saturated, in i128.
+            let total = 31 - shift;
+            let want = (x as i128 * m as i128 + (1i128 << (total - 1))).div_euclid(1i128 << total);
+            let want = want.clamp(i32::MIN as i128, i32::MAX as i128) as i32;
             prop_assert_eq!(multiply_by_quantized_multiplier(x, m, shift), want);
         }
 

@@ -56,14 +56,16 @@ pub fn binary_f32(
     }
 }
 
+/// `y = f(a, b)` elementwise with broadcasting, shapes as in
+/// [`binary_f32`]; any element types (the int8 kernels use it too).
 #[inline(always)]
-fn broadcast<F: Fn(f32, f32) -> f32 + Copy>(
+pub(crate) fn broadcast<A: Copy, B: Copy, Y: Copy, F: Fn(A, B) -> Y + Copy>(
     f: F,
-    a: &[f32],
+    a: &[A],
     a_shape: &[usize],
-    b: &[f32],
+    b: &[B],
     b_shape: &[usize],
-    y: &mut [f32],
+    y: &mut [Y],
     y_shape: &[usize],
 ) {
     let rank = y_shape.len();
@@ -145,7 +147,14 @@ fn broadcast<F: Fn(f32, f32) -> f32 + Copy>(
 /// One contiguous run of y: each operand is either walked with stride 1 or
 /// held constant (stride 0); the innermost fused dim never has other strides.
 #[inline(always)]
-fn run<F: Fn(f32, f32) -> f32>(f: F, y: &mut [f32], a: &[f32], sa: usize, b: &[f32], sb: usize) {
+fn run<A: Copy, B: Copy, Y: Copy, F: Fn(A, B) -> Y>(
+    f: F,
+    y: &mut [Y],
+    a: &[A],
+    sa: usize,
+    b: &[B],
+    sb: usize,
+) {
     debug_assert!(sa <= 1 && sb <= 1);
     let n = y.len();
     match (sa, sb) {

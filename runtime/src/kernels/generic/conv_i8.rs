@@ -384,13 +384,12 @@ mod tests {
         out.act_min = 10;
         conv2d_i8_requant(&g, &x, -1, &w, &[0, 1], &out, &mut y);
         assert_eq!(y, [10, 10, 10, 10]);
-        // Without bias the ties show both roundings: −1·0.5 = −0.5 → 0 (the
-        // high multiply rounds ties towards +∞), −14·0.25 = −3.5 → −4 and
-        // −18·0.25 = −4.5 → −5 (the shift rounds ties away from zero).
+        // Without bias the ties round towards +∞: −1·0.5 = −0.5 → 0,
+        // −14·0.25 = −3.5 → −3 and −18·0.25 = −4.5 → −4.
         out.bias = None;
         out.act_min = -128;
         conv2d_i8_requant(&g, &x, -1, &w, &[0, 1], &out, &mut y);
-        assert_eq!(y, [10, 10, 6, 5]);
+        assert_eq!(y, [10, 10, 7, 6]);
     }
 
     #[test]

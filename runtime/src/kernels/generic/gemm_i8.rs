@@ -280,7 +280,7 @@ mod tests {
         // a = [[3, −2]] (u8 would not hold −2: use i8), za = 1 → [2, −3];
         // b = [[4, 1], [0, −5]], zb = 0; acc = [8, 17].
         // bias [2, −1] → [10, 16]; scales 0.25 and 0.5:
-        // 10·0.25 = 2.5 → 3 (ties away), 16·0.5 = 8; zero point 100 → u8
+        // 10·0.25 = 2.5 → 3 (ties towards +∞), 16·0.5 = 8; zero point 100 → u8
         // [103, 108]; clamp [0, 105] (a Clip) → [103, 105].
         let a = [3i8, -2];
         let b = [4i8, 1, 0, -5];
@@ -298,10 +298,10 @@ mod tests {
         gemm_i8_requant(1, 2, 2, &a, 2, 1, 1, &b, 2, 1, &[0], &out, &mut y);
         assert_eq!(y, [103, 105]);
         // Negative side: −a → acc [−8, −17], + bias → [−6, −18];
-        // −6·0.25 = −1.5 → −2, −18·0.5 = −9 → [98, 91].
+        // −6·0.25 = −1.5 → −1 (ties towards +∞), −18·0.5 = −9 → [99, 91].
         let a = [-1i8, 4]; // − za(1) → [−2, 3]
         gemm_i8_requant(1, 2, 2, &a, 2, 1, 1, &b, 2, 1, &[0], &out, &mut y);
-        assert_eq!(y, [98, 91]);
+        assert_eq!(y, [99, 91]);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! allocates or uses `std`.
 
 pub mod activation;
+pub mod add_i8;
 pub mod batchnorm;
 pub mod binary;
 pub mod conv;
@@ -15,6 +16,7 @@ pub mod gemm_i8;
 pub mod matmul;
 pub mod pad;
 pub mod pool;
+pub mod pool_i8;
 pub mod softmax;
 pub mod transpose;
 pub mod unary;

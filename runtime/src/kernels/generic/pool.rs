@@ -167,7 +167,13 @@ fn reduce_plane<T: Copy>(g: &PoolGeometry, xp: &[T], yp: &mut [T], init: T, f: i
 
 /// Number of taps `k` in `0..kernel` whose position `base + k * dilation` lies in `[lo, hi)`.
 #[inline]
-fn count_taps(base: usize, kernel: usize, dilation: usize, lo: usize, hi: usize) -> usize {
+pub(crate) fn count_taps(
+    base: usize,
+    kernel: usize,
+    dilation: usize,
+    lo: usize,
+    hi: usize,
+) -> usize {
     let first = lo.saturating_sub(base).div_ceil(dilation);
     let end = hi.saturating_sub(base).div_ceil(dilation).min(kernel);
     end.saturating_sub(first)
