@@ -68,6 +68,10 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
         let int8_report = tinykd::eval::evaluate(&a.out, &test, EngineKind::Tinykd, 100)?;
         Some((f32_report, int8_report))
     };
+    let ort = match &accuracy {
+        Some((_, ours)) => ort_agreement(a, &q.bytes, ours)?,
+        None => None,
+    };
     if a.json {
         let mut s = serde_json::json!({
             "model": a.model,
@@ -82,6 +86,10 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
             s["f32_accuracy"] = f.accuracy.into();
             s["int8_accuracy"] = i.accuracy.into();
             s["test_images"] = i.total.into();
+        }
+        if let Some((accuracy, agreement)) = &ort {
+            s["ort_int8_accuracy"] = (*accuracy).into();
+            s["ort_agreement"] = serde_json::to_value(agreement)?;
         }
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
@@ -113,5 +121,44 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
             100.0 * (i.accuracy - f.accuracy)
         );
     }
+    if let Some((accuracy, g)) = ort {
+        println!(
+            "ONNX Runtime on the same file: {:.2}%; {:.3}% of the {} int8 outputs identical, \
+             at most {} step(s) apart",
+            100.0 * accuracy,
+            100.0 * g.identical,
+            g.values,
+            g.max_steps
+        );
+    }
     Ok(())
+}
+
+/// ONNX Runtime's accuracy on the quantized file and how its int8 outputs
+/// compare with the runtime's (`None` without the `ort` feature).
+#[cfg(feature = "ort")]
+fn ort_agreement(
+    a: &QuantizeArgs,
+    bytes: &[u8],
+    ours: &tinykd::eval::EvalReport,
+) -> Result<Option<(f64, tinykd::quantize::Agreement)>> {
+    let Some(scale) = tinykd::quantize::output_scale(bytes, 0) else {
+        return Ok(None);
+    };
+    let mut test = Dataset::load(&a.data_dir, Split::Test)?;
+    if ours.total < test.len() {
+        test = test.subset(&(0..ours.total).collect::<Vec<_>>())?;
+    }
+    let theirs = tinykd::eval::evaluate(&a.out, &test, EngineKind::Ort, 100)?;
+    let g = tinykd::quantize::agreement(&ours.logits, &theirs.logits, scale);
+    Ok(Some((theirs.accuracy, g)))
+}
+
+#[cfg(not(feature = "ort"))]
+fn ort_agreement(
+    _: &QuantizeArgs,
+    _: &[u8],
+    _: &tinykd::eval::EvalReport,
+) -> Result<Option<(f64, tinykd::quantize::Agreement)>> {
+    Ok(None)
 }

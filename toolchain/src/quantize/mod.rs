@@ -256,3 +256,46 @@ fn float_output(name: &str) -> pb::ValueInfoProto {
         doc_string: String::new(),
     }
 }
+
+/// The scale of the int8 step of graph output `index` of a QDQ model (the
+/// scale of the DequantizeLinear that produces it), if it has one.
+pub fn output_scale(bytes: &[u8], index: usize) -> Option<f32> {
+    let model = pb::ModelProto::decode(bytes).ok()?;
+    let g = model.graph?;
+    let out = &g.output.get(index)?.name;
+    let dq = g
+        .node
+        .iter()
+        .find(|n| n.op_type == "DequantizeLinear" && n.output.first() == Some(out))?;
+    let scale = g
+        .initializer
+        .iter()
+        .find(|t| Some(&t.name) == dq.input.get(1))?;
+    let raw = scale.raw_data.get(..4)?;
+    Some(f32::from_le_bytes(raw.try_into().ok()?))
+}
+
+/// How two engines' dequantized int8 outputs compare, in output steps.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Agreement {
+    /// Output values compared.
+    pub values: usize,
+    /// Share of values that are the same int8 step.
+    pub identical: f64,
+    /// Largest difference, in steps.
+    pub max_steps: u32,
+}
+
+/// Compares dequantized outputs `a` and `b` of one int8 output whose step is `scale`.
+pub fn agreement(a: &[f32], b: &[f32], scale: f32) -> Agreement {
+    let steps: Vec<u32> = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| ((x - y).abs() / scale).round() as u32)
+        .collect();
+    Agreement {
+        values: steps.len(),
+        identical: steps.iter().filter(|&&s| s == 0).count() as f64 / steps.len().max(1) as f64,
+        max_steps: steps.iter().copied().max().unwrap_or(0),
+    }
+}
