@@ -79,6 +79,7 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
             "method": a.method,
             "calibration_images": q.calibration_images,
             "quantized": q.summary,
+            "folded_batch_norms": q.folded_batch_norms,
             "f32_bytes": bytes.len(),
             "int8_bytes": q.bytes.len(),
         });
@@ -106,6 +107,12 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
         a.method,
         q.calibration_images
     );
+    if q.folded_batch_norms > 0 {
+        println!(
+            "{} BatchNormalization node(s) folded into the Conv before them",
+            q.folded_batch_norms
+        );
+    }
     println!(
         "size: {} bytes f32 → {} bytes int8 ({:.2}×)",
         bytes.len(),

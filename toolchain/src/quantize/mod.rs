@@ -3,13 +3,15 @@
 //! scheme of ARCHITECTURE.md: weights symmetric per output channel,
 //! activations asymmetric per tensor, their ranges calibrated on sample data.
 //!
-//! The stages, one file each: [`qdq::plan`] chooses the values to quantize;
+//! The stages, one file each: [`fold`] folds BatchNormalization into the
+//! Conv before it; [`qdq::plan`] chooses the values to quantize;
 //! [`calibrate`] turns the values the float model computes on calibration
 //! images into ranges (the model is run by tinykd-runtime with those values
 //! added as graph outputs); [`qdq::rewrite`] writes the QDQ graph, which is
 //! encoded with every initializer aligned, like the exporter's files.
 
 pub mod calibrate;
+pub mod fold;
 pub mod qdq;
 
 use crate::data::Dataset;
@@ -83,6 +85,8 @@ pub struct Quantized {
     pub bytes: Vec<u8>,
     /// Values, weights and biases quantized.
     pub summary: RewriteSummary,
+    /// BatchNormalization nodes folded into the Conv before them.
+    pub folded_batch_norms: usize,
     /// Images the ranges were measured on.
     pub calibration_images: usize,
 }
@@ -102,8 +106,9 @@ pub fn quantize(
     let mut model = pb::ModelProto::decode(bytes).map_err(|e| read_err(e.to_string()))?;
     let graph = model
         .graph
-        .as_ref()
+        .as_mut()
         .ok_or_else(|| read_err("the model has no graph".into()))?;
+    let folded_batch_norms = fold::fold_batch_norms(graph)?;
     let plan = qdq::plan(graph);
     if plan.activations.is_empty() {
         return Err(QuantizeError::Graph(format!(
@@ -128,6 +133,7 @@ pub fn quantize(
     Ok(Quantized {
         bytes,
         summary,
+        folded_batch_norms,
         calibration_images: opts.calib_size.min(calib.len()),
     })
 }

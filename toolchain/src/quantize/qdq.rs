@@ -448,7 +448,7 @@ fn find_initializer<'g>(
 }
 
 /// The elements of a float32 initializer (raw or typed).
-fn float_values(t: &pb::TensorProto) -> Result<Vec<f32>, QuantizeError> {
+pub(crate) fn float_values(t: &pb::TensorProto) -> Result<Vec<f32>, QuantizeError> {
     let count: i64 = t.dims.iter().product();
     let values: Vec<f32> = if !t.raw_data.is_empty() {
         t.raw_data
