@@ -55,7 +55,7 @@ test: setup fmt-check crosscheck-data
 	$(MAKE) --no-print-directory run-conformance no-std firmware
 
 # The main job on the shipped teacher: distill (short recipe) → ONNX export
-# → evaluation with the runtime the devices run.
+# → evaluation with the runtime the devices run → int8 quantization.
 demo: build
 	$(TINYKD) inspect $(TEACHER)
 	$(TINYKD) distill --teacher $(TEACHER) --student models/students/mlp-40.toml \
@@ -63,6 +63,8 @@ demo: build
 	$(TINYKD) inspect $(DEMO_OUT)/student.onnx
 	$(TINYKD) eval $(DEMO_OUT)/student.onnx --engine tinykd --confusion-png $(DEMO_OUT)/confusion.png
 	$(TINYKD) infer $(DEMO_OUT)/student.onnx --input models/demo/sample_0.npy --output $(DEMO_OUT)/sample_0_logits.npy
+	$(TINYKD) quantize $(DEMO_OUT)/student.onnx --method mse --out $(DEMO_OUT)/student.int8.onnx
+	$(TINYKD) inspect $(DEMO_OUT)/student.int8.onnx
 
 # Regenerates the shipped teacher, models/teachers/cnn.onnx (about 30
 # minutes on 2 cores; all 60k training images, seed 0).
