@@ -1,4 +1,4 @@
-//! CPU execution helpers shared by the conv ops: the element trait and
+//! CPU execution helpers shared by the training ops: the element trait and
 //! storage access, dtype dispatch, the bias-gradient op, and splitting work
 //! over candle's worker pool.
 
@@ -9,13 +9,13 @@ use candle_core::{
 use std::ops::Range;
 use std::sync::Mutex;
 
-/// Float element the conv kernels run on (f32 for training, f64 for gradient checks).
+/// Float element the training ops run on (f32 for training, f64 for gradient checks).
 pub trait Elem:
     Copy
     + Send
     + Sync
     + Default
-    + PartialEq
+    + PartialOrd
     + 'static
     + std::ops::Add<Output = Self>
     + std::ops::Mul<Output = Self>
@@ -27,8 +27,16 @@ pub trait Elem:
     const ONE: Self;
     /// `self * a + b`, fused when `FMA` (only pass true inside an FMA-enabled function).
     fn madd<const FMA: bool>(self, a: Self, b: Self) -> Self;
+    /// All of `storage`'s elements if it holds this type.
+    fn slice(storage: &CpuStorage) -> Result<&[Self]>;
     /// The contiguous slice behind `layout` if `storage` holds this type.
-    fn view<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [Self]>;
+    fn view<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [Self]> {
+        let v = Self::slice(storage)?;
+        match layout.contiguous_offsets() {
+            Some((a, b)) => Ok(&v[a..b]),
+            None => bail!("tinykd ops need contiguous inputs"),
+        }
+    }
     /// Wraps a vector as candle CPU storage.
     fn wrap(v: Vec<Self>) -> CpuStorage;
 }
@@ -47,13 +55,10 @@ macro_rules! impl_elem {
                     self * a + b
                 }
             }
-            fn view<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [Self]> {
-                let CpuStorage::$variant(v) = storage else {
-                    bail!("expected {} storage", stringify!($t))
-                };
-                match layout.contiguous_offsets() {
-                    Some((a, b)) => Ok(&v[a..b]),
-                    None => bail!("tinykd conv ops need contiguous inputs"),
+            fn slice(storage: &CpuStorage) -> Result<&[Self]> {
+                match storage {
+                    CpuStorage::$variant(v) => Ok(v),
+                    _ => bail!("expected {} storage", stringify!($t)),
                 }
             }
             fn wrap(v: Vec<Self>) -> CpuStorage {

@@ -7,6 +7,7 @@
 //! inputs that track none (a network's input). Large GEMMs are split in blocks
 //! over candle's own CPU worker pool rather than gemm's rayon threads.
 
+use super::cpu::Elem;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 
@@ -55,34 +56,6 @@ fn apply(x: &Tensor, w: &Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {
     y.reshape(out)
 }
 
-/// Float element the kernels run on (f32 for training, f64 for gradient checks).
-trait Float: Copy + Send + Sync + PartialOrd + 'static + std::ops::Add<Output = Self> {
-    const ZERO: Self;
-    const ONE: Self;
-    fn slice(s: &CpuStorage) -> Result<&[Self]>;
-    fn wrap(v: Vec<Self>) -> CpuStorage;
-}
-
-macro_rules! impl_float {
-    ($t:ty, $variant:ident) => {
-        impl Float for $t {
-            const ZERO: Self = 0.0;
-            const ONE: Self = 1.0;
-            fn slice(s: &CpuStorage) -> Result<&[Self]> {
-                match s {
-                    CpuStorage::$variant(v) => Ok(v),
-                    _ => bail!("linear: expected {} storage", stringify!($t)),
-                }
-            }
-            fn wrap(v: Vec<Self>) -> CpuStorage {
-                CpuStorage::$variant(v)
-            }
-        }
-    };
-}
-impl_float!(f32, F32);
-impl_float!(f64, F64);
-
 /// A strided matrix inside a storage slice; a vector is a one-row matrix.
 #[derive(Clone, Copy)]
 struct Mat<'a, T> {
@@ -93,7 +66,7 @@ struct Mat<'a, T> {
     cs: usize,
 }
 
-impl<'a, T: Float> Mat<'a, T> {
+impl<'a, T: Elem> Mat<'a, T> {
     /// Views a rank-1 or rank-2 layout, checking that every element lies in the slice.
     fn new(s: &'a CpuStorage, l: &Layout) -> Result<Self> {
         let d = T::slice(s)?;
@@ -221,7 +194,7 @@ fn plan(flops: usize) -> Threads {
 /// # Safety
 /// `dst` must be valid for m·n writes (and reads when `accumulate`), and
 /// nothing else may access those elements during the call.
-unsafe fn matmul<T: Float>(
+unsafe fn matmul<T: Elem>(
     dst: Dst<T>,
     accumulate: bool,
     a: Mat<T>,
@@ -297,7 +270,7 @@ unsafe fn matmul<T: Float>(
 /// # Safety
 /// `dst` must be valid for writes of `a.rows` rows of `b.cols` elements at
 /// stride `dst_rs`, and no other thread may touch that block meanwhile.
-unsafe fn gemm_block<T: Float>(
+unsafe fn gemm_block<T: Elem>(
     dst: Dst<T>,
     dst_rs: usize,
     accumulate: bool,
@@ -336,7 +309,7 @@ struct LinearOp {
     relu: bool,
 }
 
-fn forward<T: Float>(x: Mat<T>, w: Mat<T>, b: Mat<T>, relu: bool) -> Vec<T> {
+fn forward<T: Elem>(x: Mat<T>, w: Mat<T>, b: Mat<T>, relu: bool) -> Vec<T> {
     let (n, m) = (x.rows, w.rows);
     // Rows start as the bias and the GEMM accumulates onto them: no extra pass.
     let bias: Vec<T> = (0..m).map(|j| b.at(0, j)).collect();
@@ -435,7 +408,7 @@ impl CustomOp3 for LinearOp {
 /// `g · (y > 0)`: the incoming gradient masked by the ReLU's active outputs.
 struct ReluMask;
 
-fn relu_mask<T: Float>(g: Mat<T>, y: Mat<T>) -> Vec<T> {
+fn relu_mask<T: Elem>(g: Mat<T>, y: Mat<T>) -> Vec<T> {
     let mut out = Vec::with_capacity(g.rows * g.cols);
     for r in 0..g.rows {
         match (g.row(r), y.row(r)) {
@@ -485,7 +458,7 @@ struct LinearBwd {
     need: [bool; 3],
 }
 
-fn backward<T: Float>(g: Mat<T>, x: Mat<T>, w: Mat<T>, need: [bool; 3]) -> Vec<T> {
+fn backward<T: Elem>(g: Mat<T>, x: Mat<T>, w: Mat<T>, need: [bool; 3]) -> Vec<T> {
     let (n, m, k) = (g.rows, g.cols, x.cols);
     let lens = [
         if need[0] { n * k } else { 0 },
@@ -518,18 +491,18 @@ fn backward<T: Float>(g: Mat<T>, x: Mat<T>, w: Mat<T>, need: [bool; 3]) -> Vec<T
 }
 
 /// `Σ_i g[i, j]` for every column `j`.
-fn col_sums<T: Float>(g: Mat<T>) -> Vec<T> {
+fn col_sums<T: Elem>(g: Mat<T>) -> Vec<T> {
     let mut out = vec![T::ZERO; g.cols];
     for r in 0..g.rows {
         match g.row(r) {
             Some(row) => {
                 for (o, &v) in out.iter_mut().zip(row) {
-                    *o = *o + v;
+                    *o += v;
                 }
             }
             None => {
                 for (c, o) in out.iter_mut().enumerate() {
-                    *o = *o + g.at(r, c);
+                    *o += g.at(r, c);
                 }
             }
         }
