@@ -36,7 +36,10 @@
 //! graph written with QLinearConv / QLinearMatMul computes, bit for bit
 //! (the same requantization from the same f32 scales, the same kernels);
 //! max pooling and the layout ops are exact; against the float path every
-//! op may differ by one LSB where rounding ties break differently.
+//! op may differ by one LSB where rounding ties break differently. ONNX
+//! Runtime's fused kernels round `acc · scale` to f32 before rounding it
+//! to an integer, and so differ by one step on rare near-ties; see
+//! [`crate::ops::qlinear`] for how often.
 
 mod matching;
 mod rewrite;

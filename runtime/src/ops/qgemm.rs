@@ -8,7 +8,9 @@
 //! Its inputs are laid out as QLinearConv's (see [`super::qlinear`]): `a,
 //! a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point,
 //! c`, and its requantizations are derived from them the same way, one per
-//! output column (per-channel `b`) or one for all.
+//! output column (per-channel `b`) or one for all. They round as
+//! QLinearConv's do; [`super::qlinear`] describes how ONNX Runtime's QGemm
+//! rounds differently (by one step on rare near-ties).
 
 use super::qlinear::{BIAS, W, W_ZERO, X_ZERO, Y_ZERO};
 use super::{q8, q8_mut, zero_points, DataMut, Elem, TensorRef, ZeroPoints};

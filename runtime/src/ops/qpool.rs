@@ -2,10 +2,11 @@
 //! ([`crate::fuse`]) makes of `DQ(x) → AveragePool | GlobalAveragePool →
 //! Q`: window sums of `x − zx` in int32, shifted left by `pre_shift` bits,
 //! then one fixed-point requantization by `x_scale / (y_scale · count ·
-//! 2^pre_shift)` (see [`crate::kernels::generic::pool_i8`]), which rounds
-//! about as a single rounding of the exact average would. ONNX Runtime's
-//! contrib `QLinearAveragePool` / `QLinearGlobalAveragePool` compute the
-//! same in float; results may differ from the float path by one LSB.
+//! 2^pre_shift)` (see [`crate::kernels::generic::pool_i8`]), a single
+//! rounding (ties towards +∞) of the exact average. ONNX Runtime's contrib
+//! `QLinearAveragePool` / `QLinearGlobalAveragePool` compute the same in
+//! f32; results may differ from them, and from the float path, by one LSB
+//! near ties.
 //!
 //! Inputs, as those contrib ops lay them out: `x, x_scale, x_zero_point,
 //! y_scale, y_zero_point` (scales constant, zero points optional).

@@ -8,9 +8,10 @@
 //! `(x − zx)·(w − zw)` accumulate in int32, and each output channel is brought
 //! back to 8 bits by a [`Requant`]: a Q31 multiplier and a power-of-two
 //! shift, derived from the float scales once at load time and applied with
-//! integer operations only, rounding exactly as TFLite Micro's (double
-//! rounding) `MultiplyByQuantizedMultiplier` does. Then the output zero point
-//! is added and the result clamped to the activation range.
+//! integer operations only, rounding exactly as TFLite Micro's
+//! single-rounding `MultiplyByQuantizedMultiplier` does ([`requant`]). Then
+//! the output zero point is added and the result clamped to the activation
+//! range.
 //!
 //! [`linear`] holds the float ONNX `QuantizeLinear`/`DequantizeLinear`
 //! element functions, for graph inputs and outputs.

@@ -393,6 +393,41 @@ mod tests {
     }
 
     #[test]
+    fn near_ties_round_once_unlike_onnx_runtime() {
+        // Scales and accumulators from a DS-CNN student's first Conv where
+        // ONNX Runtime (MLAS: rint(f32(f32(acc) · m))) differs by one step:
+        // the f32 product collapses 88.5000021 and 19.4999993 onto the
+        // ties 88.5 and 19.5, which then go to the even neighbour. The
+        // runtime rounds acc · m once, exactly: 89 and 19.
+        let (x_scale, y_scale) = (0.011_106_005_f32, 0.037_224_263_f32);
+        let w_scales = [0.006_960_148_f32, 0.006_203_95_f32];
+        // The multiplier as QLinearConv derives it, in f32.
+        let m = w_scales.map(|w| x_scale * w / y_scale);
+        let r = m.map(|m| Requant::from_scale(m).unwrap());
+        // 1×1 conv, one input channel: x − zx = 128, w = [127, −3], so
+        // acc = 16256 + 26362 = 42618 and −384 + 10919 = 10535.
+        let g = simple(1, 1, 1, 2, [1, 1], [1, 1]);
+        let bias = [26362, 10919];
+        let stage = OutputStage {
+            bias: Some(&bias[..]),
+            ..OutputStage::new(&r, -128i8)
+        };
+        let mut y = [0i8; 2];
+        conv2d_i8_requant(&g, &[100i8], -28, &[127i8, -3], &[0], &stage, &mut y);
+        assert_eq!(y.map(|v| i32::from(v) + 128), [89, 19]);
+        // What MLAS computes instead, and why.
+        let acc = [42618f32, 10535.0];
+        let product = [acc[0] * m[0], acc[1] * m[1]];
+        assert_eq!(product, [88.5, 19.5]);
+        assert_eq!(product.map(f32::round_ties_even), [88.0, 20.0]);
+        // The exact products lie on the runtime's side of the ties.
+        for (c, want) in [(0usize, 89i64), (1, 19)] {
+            let exact = f64::from(acc[c]) * f64::from(m[c]);
+            assert!((exact - want as f64).abs() < 0.5, "{exact}");
+        }
+    }
+
+    #[test]
     fn wide_rows_cross_blocks() {
         // out_w = 2·BLOCK + 5 with padding on both sides and a dilated kernel.
         let wdt = 2 * BLOCK + 5;

@@ -21,7 +21,7 @@ pub const MAX_EXACT_DEPTH: usize = (i32::MAX / (255 * 255)) as usize;
 /// its on-stack accumulator block (128 bytes).
 const BLOCK: usize = 32;
 
-/// y[m×n] (row-major, contiguous, int32) = Σ_p (a[i,p] − za)·(b[p,j] − zb[j]),
+/// `y[m×n]` (row-major, contiguous, int32) = `Σ_p (a[i,p] − za)·(b[p,j] − zb[j])`,
 /// where element (i,p) of a is `a[i*a_rs + p*a_cs]` and element (p,j) of b is
 /// `b[p*b_rs + j*b_cs]`, as in [`super::matmul::matmul_f32`]. `zb` holds one
 /// zero point for all of b, or one per column (`n` entries).

@@ -5,13 +5,21 @@
 //! element count as well as the change of scale and the shift:
 //! `in_scale / (out_scale · count · 2^pre_shift)`.
 //!
-//! The shift is there for precision: the requantization rounds twice
-//! (TFLite's double rounding, [`crate::quant::requant`]), first to
-//! 2^-|shift| of an output step; for the modest multipliers of pooling
-//! (shift −2 for `0.05 / (0.03 · 9)`) that first rounding alone moves ~10 %
-//! of outputs across a rounding boundary. Sums are small (at most
-//! `255 · count`), so shifting them left makes the first rounding
-//! 2^pre_shift times finer ([`pre_shift`] picks the largest safe value).
+//! The shift was there for precision when the requantization rounded twice
+//! (TFLite's double rounding, first to 2^-|shift| of an output step, which
+//! for the modest multipliers of pooling moved ~10 % of outputs across a
+//! rounding boundary). The single rounding of [`crate::quant::requant`]
+//! rounds `sum · M · 2^shift / 2^31` once, and the pre-shift leaves the
+//! result unchanged: the multiplier's Q31 mantissa `M` is the same with or
+//! without it, and `shift` absorbs the 2^pre_shift. So the output is the
+//! exact average `sum · in_scale / (out_scale · count)` (to the 2^-31
+//! relative precision of `M`, from the scales in f64) rounded once, ties
+//! towards +∞. ONNX Runtime's QLinearGlobalAveragePool (MLAS, x86-64)
+//! computes `rint(f32(sum · s))` with `s = in_scale / (out_scale · count)`
+//! in f32; the two can differ by one step only within about an f32 ulp of a
+//! tie. For the DS-CNN student measured in [`crate::ops::qlinear`] (7×7 =
+//! 49 elements) no sum from 0 to 255 · 49 does, under any of tinykd's four
+//! calibrations.
 //!
 //! That needs every window to count the same number of elements
 //! ([`uniform_count`] says whether it does: no padding, or padding counted
