@@ -373,6 +373,35 @@ def quantized() -> onnx.ModelProto:
     return model(g, 13)
 
 
+def cast() -> onnx.ModelProto:
+    """float16 weights behind Cast(to=FLOAT) (raw_data and int32_data), run-time
+    Casts float32 -> int32 -> float32, and an int64 initializer cast to float32."""
+    rng = np.random.default_rng(20261127)
+
+    def half(name: str, *shape: int) -> TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.5).astype(np.float16), name)
+
+    b1 = (rng.standard_normal(6) * 0.5).astype(np.float16)
+    # make_tensor stores FLOAT16 values as their bits in int32_data.
+    b1_typed = helper.make_tensor("b1_h", TensorProto.FLOAT16, [6], b1.astype(np.float32).tolist())
+    to_float = TensorProto.FLOAT
+    nodes = [
+        helper.make_node("Cast", ["w1_h"], ["w1"], name="w1_cast", to=to_float),
+        helper.make_node("Cast", ["b1_h"], ["b1"], name="b1_cast", to=to_float),
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1", transB=1),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("Cast", ["r"], ["ri"], name="to_int", to=TensorProto.INT32),
+        helper.make_node("Cast", ["ri"], ["rf"], name="to_float", to=to_float),
+        helper.make_node("Cast", ["w2_h"], ["w2"], name="w2_cast", to=to_float),
+        helper.make_node("MatMul", ["rf", "w2"], ["m"], name="fc2"),
+        helper.make_node("Cast", ["k"], ["kf"], name="k_cast", to=to_float),
+        helper.make_node("Add", ["m", "kf"], ["y"], name="add"),
+    ]
+    inits = [half("w1_h", 6, 8), b1_typed, half("w2_h", 6, 4), ints("k", [1, -2, 3, -4])]
+    g = helper.make_graph(nodes, "cast", [f32_input("x", [2, 8])], [f32_output("y", [2, 4])], inits)
+    return model(g, 13)
+
+
 SEEDS = {
     "mlp": mlp,
     "cnn": cnn,
@@ -385,6 +414,7 @@ SEEDS = {
     "fanout13": lambda: fanout(13),
     "newer_opset": newer_opset,
     "quantized": quantized,
+    "cast": cast,
 }
 
 

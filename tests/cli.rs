@@ -155,3 +155,73 @@ fn eval_on_ort_agrees_with_tract() {
     assert_eq!(ort["accuracy"], tract["accuracy"]);
     assert_eq!(ort["confusion"], tract["confusion"]);
 }
+
+#[test]
+fn quantize_f16_halves_the_weights_and_keeps_the_predictions() {
+    let dir = std::env::temp_dir().join(format!("tinykd-cli-f16-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f16 = dir.join("demo.f16.onnx");
+    let f16 = f16.to_str().unwrap();
+    let with_data = Path::new(tinykd::data::DEFAULT_DIR).is_dir();
+    let limit = if with_data { "500" } else { "0" };
+    let out = tinykd(&[
+        "quantize",
+        DEMO,
+        "--weights",
+        "f16",
+        "--eval-limit",
+        limit,
+        "--out",
+        f16,
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["weights"], "f16");
+    assert_eq!(report["converted"]["tensors"], 4);
+    let (f32_bytes, f16_bytes) = (
+        report["f32_bytes"].as_f64().unwrap(),
+        report["f16_bytes"].as_f64().unwrap(),
+    );
+    assert!(f16_bytes < 0.52 * f32_bytes, "{f32_bytes} → {f16_bytes}");
+    if with_data {
+        assert_eq!(report["test_images"], 500);
+        let (a, b) = (&report["f32_accuracy"], &report["f16_accuracy"]);
+        assert!(
+            (a.as_f64().unwrap() - b.as_f64().unwrap()).abs() <= 0.004,
+            "{a} vs {b}"
+        );
+    }
+
+    let out = tinykd(&["inspect", f16, "--json"]);
+    let inspect: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let params = 784 * 128 + 128 + 128 * 10 + 10;
+    assert_eq!(inspect["parameters"], params);
+    assert_eq!(inspect["weight_bytes"], 2 * params);
+    assert_eq!(inspect["ops"]["Cast"], 4);
+    assert_eq!(inspect["folded_nodes"], 4);
+    assert!(inspect["arena_converted_constants"].as_u64().unwrap() >= 4 * params as u64);
+
+    let samples: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root().join("models/demo/samples.json")).unwrap())
+            .unwrap();
+    for sample in samples["samples"].as_array().unwrap() {
+        let input = format!("models/demo/{}", sample["file"].as_str().unwrap());
+        let out = tinykd(&["infer", f16, "--input", &input, "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            result["outputs"][0]["argmax"], sample["predicted"],
+            "{input}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

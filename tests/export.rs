@@ -478,3 +478,53 @@ fn quantized_cnn_passes_the_checker_and_agrees_across_engines() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `tinykd quantize --weights f16`'s output for the CNN: float16
+/// initializers behind `Cast(to=FLOAT)`, aligned, half the weight bytes,
+/// accepted by onnx.checker, and run by ONNX Runtime, tract and
+/// tinykd-runtime, which agree with one another and stay within 1e-2
+/// (relative) of the float32 model.
+#[test]
+fn f16_weights_pass_the_checker_and_agree_across_engines() {
+    let spec = cnn();
+    let (_, params) = network(&spec, 11);
+    let meta = ExportMeta {
+        labels: (0..10).map(|c| format!("class {c}")).collect(),
+        normalization: ExportMeta::normalization(0.2860, 0.3530),
+        ..ExportMeta::default()
+    };
+    let dir = temp_dir("f16-cnn");
+    let float_path = dir.join("model.onnx");
+    write(&float_path, &spec, &params, &meta).unwrap();
+    let float_bytes = std::fs::read(&float_path).unwrap();
+    let (bytes, summary) =
+        tinykd::quantize::f16::to_f16_weights(&float_path, &float_bytes).unwrap();
+    check_alignment(&bytes).unwrap();
+    assert_aligned_by_search(&bytes);
+    // 4 weights, 4 biases.
+    assert_eq!(summary.tensors, 8, "{summary:?}");
+    // Every initializer is a weight or bias: their bytes halve exactly (the
+    // file less, as this model is small next to its graph and padding).
+    let weight_bytes = |b: &[u8]| -> usize {
+        let g = pb::ModelProto::decode(b).unwrap().graph.unwrap();
+        g.initializer.iter().map(|t| t.raw_data.len()).sum()
+    };
+    assert_eq!(2 * weight_bytes(&bytes), weight_bytes(&float_bytes));
+    assert!(bytes.len() < float_bytes.len());
+    let path = dir.join("model.f16.onnx");
+    std::fs::write(&path, &bytes).unwrap();
+
+    let mut rng = Rng(0xf16);
+    let input = HostTensor::f32("image", vec![3, 1, 28, 28], rng.normals(3 * 784, 1.0));
+    let float = run_tinykd(&float_path, &float_bytes, std::slice::from_ref(&input)).unwrap();
+    let ours = run_tinykd(&path, &bytes, std::slice::from_ref(&input)).unwrap();
+    let diff = max_relative_diff(ours[0].as_f32().unwrap(), float[0].as_f32().unwrap());
+    assert!(diff <= 1e-2, "float16 weights moved the logits by {diff:e}");
+    let tract = run_tract(&path, std::slice::from_ref(&input)).unwrap();
+    assert_close("f16 weights: tract", &tract[0], &ours[0]);
+    if let Some(python) = venv_python() {
+        let ort = run_onnxruntime(&python, &path, &input);
+        assert_close("f16 weights: onnxruntime", &ort, &ours[0]);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -688,11 +688,17 @@ impl<'a> Model<'a> {
             })
             .sum()
     }
-    /// Elements and bytes held in constants (weights).
+    /// Elements and bytes held in constants (weights), as the file stores
+    /// them: a float16 weight counts 2 bytes per element, and the float32
+    /// copy a load-time `Cast` makes of it (staged in the arena, see
+    /// [`Plan::converted_constant_bytes`]) is not counted again.
     pub fn parameters(&self) -> (usize, usize) {
         self.values
             .iter()
-            .filter(|v| v.constant().is_some())
+            .filter(|v| {
+                v.constant()
+                    .is_some_and(|c| !matches!(c, ConstData::Cast { .. }))
+            })
             .fold((0, 0), |(n, b), v| {
                 (n + v.len(), b + v.len() * v.dtype.size())
             })

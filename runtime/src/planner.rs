@@ -7,8 +7,10 @@
 //! outputs to the end). Buffers are placed largest first, each at the lowest
 //! 16-byte-aligned offset where it overlaps no placed buffer whose lifetime
 //! intersects its own. Cost: O(B² log B) for B buffers, at load time only.
-//! Constants the runtime cannot read in place (misaligned or varint-encoded)
-//! get a buffer that lives for the whole run, and so do the requantization
+//! Constants the runtime cannot read in place (misaligned, varint-encoded,
+//! or stored in another type: a float16 weight that a load-time `Cast`
+//! widens to float32, see [`crate::ops::cast`]) get a buffer that lives for
+//! the whole run, written once by `Session::new`, and so do the requantization
 //! parameters an op derives once from its constant scales
 //! ([`crate::ops::Op::requant_len`]).
 //!
@@ -45,9 +47,13 @@ pub struct Plan {
     /// use less.
     pub lower_bound: usize,
     /// Bytes of constants copied into the arena because the file's layout
-    /// does not let them be read in place (included in `arena_size` and
-    /// `lower_bound`; 0 for files written by tinykd's exporter).
+    /// does not let them be read in place, or because they are converted
+    /// at load time (included in `arena_size` and `lower_bound`; 0 for
+    /// float and int8 files written by tinykd's exporter).
     pub staged_constant_bytes: usize,
+    /// The part of `staged_constant_bytes` holding constants converted at
+    /// load time ([`ConstData::Cast`]: float16 weights widened to float32).
+    pub converted_constant_bytes: usize,
     /// Number of distinct buffers placed.
     pub buffers: usize,
     /// Arena offset of each node's requantization parameters, or [`NONE`]
@@ -68,6 +74,7 @@ impl Plan {
         arena_size: 0,
         lower_bound: 0,
         staged_constant_bytes: 0,
+        converted_constant_bytes: 0,
         buffers: 0,
         requants: [0; MAX_NODES],
         requant_bytes: 0,
@@ -79,6 +86,7 @@ impl Plan {
         self.arena_size = 0;
         self.lower_bound = 0;
         self.staged_constant_bytes = 0;
+        self.converted_constant_bytes = 0;
         self.buffers = 0;
         self.requants.fill(0);
         self.requant_bytes = 0;
@@ -105,7 +113,8 @@ fn aligned(bytes: usize) -> Option<usize> {
 
 /// Whether constant data of `dtype` can be read in place as a typed slice:
 /// `raw_data` of bytes (int8, uint8) always, of 4-byte elements (float32,
-/// int32) when 4-byte aligned on a little-endian target.
+/// int32) when 4-byte aligned on a little-endian target; never a constant
+/// converted at load time ([`ConstData::Cast`]).
 pub fn readable_in_place(dtype: DType, data: &ConstData<'_>) -> bool {
     match data {
         ConstData::Tensor(TensorData::Raw(raw)) => match dtype {
@@ -133,6 +142,7 @@ pub(crate) fn plan_into(model: &mut Model<'_>) -> Result<(), Error> {
     plan.arena_size = summary.arena_size;
     plan.lower_bound = summary.lower_bound;
     plan.staged_constant_bytes = summary.staged_constant_bytes;
+    plan.converted_constant_bytes = summary.converted_constant_bytes;
     plan.buffers = summary.buffers;
     Ok(())
 }
@@ -142,6 +152,7 @@ struct Summary {
     arena_size: usize,
     lower_bound: usize,
     staged_constant_bytes: usize,
+    converted_constant_bytes: usize,
     buffers: usize,
     requant_bytes: usize,
 }
@@ -207,11 +218,15 @@ fn plan(
 
     // Staged constants live for the whole run.
     let mut staged_constant_bytes = 0usize;
+    let mut converted_constant_bytes = 0usize;
     for (id, v) in values.iter().enumerate() {
         if let ValueKind::Constant(c) = v.kind {
             if used_at_run_time[id] && v.dtype.is_run_time() && !readable_in_place(v.dtype, &c) {
                 let size = aligned(v.len() * v.dtype.size()).ok_or_else(overflow)?;
                 staged_constant_bytes += size;
+                if matches!(c, ConstData::Cast { .. }) {
+                    converted_constant_bytes += size;
+                }
                 buffer_of[id] = new_buffer(&mut buffers, &mut n_buffers, size, 0, end)?;
             }
         }
@@ -328,6 +343,7 @@ fn plan(
         arena_size,
         lower_bound,
         staged_constant_bytes,
+        converted_constant_bytes,
         buffers: n_buffers,
         requant_bytes,
     })

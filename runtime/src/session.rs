@@ -379,7 +379,8 @@ fn check_buffers<'v, 'a: 'v>(
 }
 
 /// Decodes a constant that cannot be read in place into `dst` (its arena
-/// extent, `len × size` bytes), in the target's byte order.
+/// extent, `len × size` bytes), in the target's byte order; a constant
+/// folded from a `Cast` (a float16 weight) is converted on the way.
 fn stage_constant(v: &Value<'_>, dst: &mut [u8]) {
     let size = v.dtype.size();
     let dtype = v.dtype;
@@ -417,6 +418,12 @@ fn stage_constant(v: &Value<'_>, dst: &mut [u8]) {
         })) => {
             for (i, w) in TypedWords::new(message, field, width).enumerate() {
                 put(i, w.unwrap_or(0));
+            }
+        }
+        Some(ConstData::Cast { from, data }) => {
+            for (i, w) in crate::value::words(from, data).enumerate() {
+                let word = w.and_then(|w| ops::cast::cast_word(from, w, dtype));
+                put(i, word.unwrap_or(0));
             }
         }
         _ => {}

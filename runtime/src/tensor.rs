@@ -79,6 +79,35 @@ impl fmt::Display for DType {
     }
 }
 
+/// Widens IEEE 754 binary16 bits to the f32 of the same value, exactly:
+/// normal numbers, subnormals (all normal in f32), signed zeros and
+/// infinities. A NaN keeps its sign and its 10 payload bits (the top of
+/// f32's 23) and comes out quiet, as IEEE 754 conversion, x86 `vcvtph2ps`
+/// and the `half` crate make it.
+pub const fn f16_to_f32(bits: u16) -> f32 {
+    let sign = ((bits & 0x8000) as u32) << 16;
+    let exponent = ((bits >> 10) & 0x1f) as u32;
+    let mantissa = (bits & 0x3ff) as u32;
+    let out = if exponent == 0x1f {
+        if mantissa == 0 {
+            sign | 0x7f80_0000
+        } else {
+            sign | 0x7fc0_0000 | (mantissa << 13)
+        }
+    } else if exponent != 0 {
+        // Rebias: 2^(e - 15) is 2^((e + 112) - 127).
+        sign | ((exponent + 112) << 23) | (mantissa << 13)
+    } else if mantissa == 0 {
+        sign
+    } else {
+        // mantissa × 2^-24: shift its top bit into the implicit position
+        // (bit 10); the value is then 1.f × 2^(-14 - shift).
+        let shift = mantissa.leading_zeros() - 21;
+        sign | ((113 - shift) << 23) | (((mantissa << shift) & 0x3ff) << 13)
+    };
+    f32::from_bits(out)
+}
+
 /// A static shape of rank ≤ [`MAX_RANK`].
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
 pub struct Shape {
@@ -175,5 +204,81 @@ impl fmt::Display for Shape {
             write!(f, "{d}")?;
         }
         f.write_str("]")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::f16_to_f32;
+
+    /// 2^k by repeated exact doubling or halving.
+    fn pow2(k: i32) -> f32 {
+        let step = if k < 0 { 0.5 } else { 2.0 };
+        (0..k.abs()).fold(1.0f32, |x, _| x * step)
+    }
+
+    /// The value of binary16 `bits` by its definition, in f32 arithmetic
+    /// (every step is exact): (−1)^s × 2^(e−15) × (1 + m/1024), or
+    /// (−1)^s × 2^−14 × m/1024 when e = 0.
+    fn reference(bits: u16) -> f32 {
+        let sign = if bits & 0x8000 != 0 { -1.0f32 } else { 1.0 };
+        let e = i32::from((bits >> 10) & 0x1f);
+        let m = f32::from(bits & 0x3ff);
+        match e {
+            0 => sign * m * pow2(-24),
+            31 if m == 0.0 => sign * f32::INFINITY,
+            31 => f32::NAN,
+            _ => sign * (1024.0 + m) * pow2(e - 25),
+        }
+    }
+
+    #[test]
+    fn every_f16_bit_pattern_widens_exactly() {
+        for bits in 0..=u16::MAX {
+            let got = f16_to_f32(bits);
+            let want = reference(bits);
+            if want.is_nan() {
+                let g = got.to_bits();
+                assert!(got.is_nan(), "{bits:#06x}: {got} is not NaN");
+                assert_eq!(g >> 31, u32::from(bits >> 15), "{bits:#06x}: NaN sign");
+                // The payload is kept, with the quiet bit (the top one) set.
+                let payload = u32::from(bits & 0x3ff) | 0x200;
+                assert_eq!((g >> 13) & 0x3ff, payload, "{bits:#06x}: payload");
+                assert_eq!(g & 0x1fff, 0, "{bits:#06x}: low bits");
+            } else {
+                assert_eq!(
+                    got.to_bits(),
+                    want.to_bits(),
+                    "{bits:#06x}: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn known_f16_values() {
+        let table: &[(u16, u32)] = &[
+            (0x0000, 0x0000_0000),          // +0
+            (0x8000, 0x8000_0000),          // −0
+            (0x3c00, 1.0f32.to_bits()),     // 1
+            (0xc000, (-2.0f32).to_bits()),  // −2
+            (0x3555, 0x3eaa_a000),          // 0.333251953125
+            (0x7bff, 65504.0f32.to_bits()), // largest finite
+            (0xfbff, (-65504.0f32).to_bits()),
+            (0x0400, 0x3880_0000), // smallest normal, 2^-14
+            (0x03ff, 0x387f_c000), // largest subnormal
+            (0x0001, 0x3380_0000), // smallest subnormal, 2^-24
+            (0x8001, 0xb380_0000),
+            (0x0200, 0x3800_0000), // 2^-15
+            (0x7c00, 0x7f80_0000), // +inf
+            (0xfc00, 0xff80_0000), // −inf
+            (0x7e00, 0x7fc0_0000), // the canonical quiet NaN
+            (0xfe00, 0xffc0_0000),
+            (0x7d00, 0x7fe0_0000), // a signalling NaN comes out quiet
+            (0x7c01, 0x7fc0_2000), // payload kept
+        ];
+        for &(h, f) in table {
+            assert_eq!(f16_to_f32(h).to_bits(), f, "{h:#06x}");
+        }
     }
 }

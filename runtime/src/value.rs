@@ -26,6 +26,17 @@ pub enum ConstData<'a> {
     I64(i64),
     /// A short integer tensor computed at load time (shape arithmetic).
     Ints(SmallInts),
+    /// A TensorProto payload of element type `from`, converted to the
+    /// value's type as ONNX `Cast` converts ([`crate::ops::cast`]) whenever
+    /// it is read: a `Cast` of a constant folded at load time, such as a
+    /// float16 weight widened to float32. Never readable in place, so a
+    /// run-time value of this kind is staged in the arena by `Session::new`.
+    Cast {
+        /// The element type stored in the file.
+        from: DType,
+        /// The stored elements.
+        data: TensorData<'a>,
+    },
 }
 
 /// Up to 8 integers held inline: the result of folding shape computations
@@ -120,6 +131,13 @@ impl<'a> Value<'a> {
                 TypedWords::new(message, field, width).nth(i)?.ok()?,
             ),
             ConstData::Tensor(TensorData::Empty) => None,
+            ConstData::Cast { from, data } => {
+                let word = words(from, data).nth(i)??;
+                decode_word(
+                    self.dtype,
+                    crate::ops::cast::cast_word(from, word, self.dtype)?,
+                )
+            }
         }
     }
 
@@ -158,6 +176,17 @@ impl<'a> Value<'a> {
             }
             ConstData::Tensor(TensorData::Empty) if n == 0 => {}
             ConstData::Tensor(TensorData::Empty) => return None,
+            ConstData::Cast { from, data } => {
+                let mut count = 0;
+                for (i, w) in words(from, data).take(n).enumerate() {
+                    let word = crate::ops::cast::cast_word(from, w?, self.dtype)?;
+                    f(i, decode_word(self.dtype, word)?);
+                    count += 1;
+                }
+                if count != n {
+                    return None;
+                }
+            }
         }
         Some(())
     }
@@ -208,6 +237,34 @@ impl<'a> Value<'a> {
     }
 }
 
+/// The elements of a TensorProto payload of `dtype`, in order, each as one
+/// word: a `raw_data` element's little-endian bytes zero-extended, or a
+/// typed field's word (`None` for an undecodable one). Either way
+/// [`crate::ops::cast::read`] interprets it.
+pub(crate) fn words<'d>(
+    dtype: DType,
+    data: TensorData<'d>,
+) -> impl Iterator<Item = Option<u64>> + 'd {
+    let size = dtype.size();
+    let raw = match data {
+        TensorData::Raw(bytes) if size > 0 => Some(bytes.chunks_exact(size).map(|c| {
+            let mut word = [0u8; 8];
+            word[..c.len()].copy_from_slice(c);
+            Some(u64::from_le_bytes(word))
+        })),
+        _ => None,
+    };
+    let typed = match data {
+        TensorData::Typed {
+            field,
+            width,
+            message,
+        } => Some(TypedWords::new(message, field, width).map(Result::ok)),
+        _ => None,
+    };
+    raw.into_iter().flatten().chain(typed.into_iter().flatten())
+}
+
 /// One little-endian element of `dtype`, widened to f64.
 fn decode_le(dtype: DType, b: &[u8]) -> Option<f64> {
     Some(match (dtype, b) {
@@ -219,6 +276,9 @@ fn decode_le(dtype: DType, b: &[u8]) -> Option<f64> {
             i64::from_le_bytes([b0, b1, b2, b3, b4, b5, b6, b7]) as f64
         }
         (DType::I32, &[b0, b1, b2, b3]) => f64::from(i32::from_le_bytes([b0, b1, b2, b3])),
+        (DType::F16, &[b0, b1]) => {
+            f64::from(crate::tensor::f16_to_f32(u16::from_le_bytes([b0, b1])))
+        }
         (DType::I8, &[b0]) => f64::from(b0 as i8),
         (DType::U8 | DType::Bool, &[b0]) => f64::from(b0),
         _ => return None,
@@ -230,6 +290,7 @@ fn decode_le(dtype: DType, b: &[u8]) -> Option<f64> {
 fn decode_word(dtype: DType, word: u64) -> Option<f64> {
     Some(match dtype {
         DType::F32 => f64::from(f32::from_bits(word as u32)),
+        DType::F16 => f64::from(crate::tensor::f16_to_f32(word as u16)),
         DType::F64 => f64::from_bits(word),
         DType::I64 => word as i64 as f64,
         DType::I32 | DType::I8 => f64::from(word as u32 as i32),

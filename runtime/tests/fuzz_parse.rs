@@ -546,6 +546,7 @@ fn op_attributes(op_type: &[u8]) -> &'static [&'static str] {
             "saturate",
         ],
         b"DequantizeLinear" => &["axis", "block_size", "output_dtype"],
+        b"Cast" => &["to", "saturate", "round_mode"],
         b"Constant" => &[
             "value",
             "value_float",
@@ -565,7 +566,7 @@ fn attribute_type(name: &str, op_type: &[u8]) -> u64 {
         "alpha" | "beta" | "epsilon" | "min" | "max" | "ratio" | "momentum" | "value_float" => 1,
         "value" if op_type == b"Pad" => 1,
         "value" => 4,
-        "auto_pad" | "mode" => 3,
+        "auto_pad" | "mode" | "round_mode" => 3,
         "value_floats" => 6,
         _ => 2,
     }

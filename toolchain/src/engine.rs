@@ -381,6 +381,12 @@ pub fn run_ort(path: &Path, inputs: &[HostTensor]) -> Result<Vec<HostTensor>, En
             Elements::U8(v) => Tensor::from_array((shape, v.clone())).map(Tensor::into_dyn),
             Elements::Bool(v) => Tensor::from_array((shape, v.clone())).map(Tensor::into_dyn),
             Elements::F64(v) => Tensor::from_array((shape, v.clone())).map(Tensor::into_dyn),
+            Elements::F16(_) => {
+                return Err(fail(format!(
+                    "input '{}': float16 inputs are not supported with ONNX Runtime here",
+                    d.name
+                )))
+            }
         }
         .map_err(|e| fail(format!("input '{}': {e}", d.name)))?;
         values.push((d.name.clone(), value.into()));

@@ -44,14 +44,15 @@ pub struct Report {
     pub ops: BTreeMap<String, usize>,
     /// Activations folded into the preceding Conv/Gemm at load time.
     pub fused_activations: usize,
-    /// Nodes evaluated at load time (shape arithmetic, Constant).
+    /// Nodes evaluated at load time (shape arithmetic, Constant, Casts of
+    /// constants such as float16 weights).
     pub folded_nodes: usize,
     /// QDQ nodes (DequantizeLinear → float op → QuantizeLinear patterns)
     /// the runtime fused at load time, and the int8 ops they became.
     pub qdq_fused: (usize, usize),
     /// Elements held in constants.
     pub parameters: usize,
-    /// Bytes held in constants.
+    /// Bytes held in constants, as stored in the file (2 per float16 weight).
     pub weight_bytes: usize,
     /// Multiply-accumulates per inference.
     pub macs: u64,
@@ -59,9 +60,13 @@ pub struct Report {
     pub arena_bytes: usize,
     /// Largest total of simultaneously live tensors: no plan can do better.
     pub arena_lower_bound: usize,
-    /// Part of the arena holding constants copied from a file whose weights
-    /// are not 4-byte aligned (0 for files from tinykd's exporter).
+    /// Part of the arena holding constants copied from the file: weights
+    /// that are not 4-byte aligned (0 for files from tinykd's exporter) and
+    /// `arena_converted_constants`.
     pub arena_staged_constants: usize,
+    /// Part of `arena_staged_constants` holding constants converted at load
+    /// time: float16 weights widened to float32 by their Cast.
+    pub arena_converted_constants: usize,
     /// `metadata_props`.
     pub metadata: BTreeMap<String, String>,
 }
@@ -100,6 +105,7 @@ impl Report {
             arena_bytes: model.arena_size(),
             arena_lower_bound: model.plan().lower_bound,
             arena_staged_constants: model.plan().staged_constant_bytes,
+            arena_converted_constants: model.plan().converted_constant_bytes,
             metadata: model
                 .metadata()
                 .iter()
@@ -148,7 +154,10 @@ impl Report {
             );
         }
         if self.folded_nodes > 0 {
-            let folded = format!("{} nodes (shape arithmetic, constants)", self.folded_nodes);
+            let folded = format!(
+                "{} nodes (shape arithmetic, constants, casts of constants)",
+                self.folded_nodes
+            );
             row(&mut s, "folded at load", folded);
         }
         row(
@@ -170,6 +179,20 @@ impl Report {
                 self.arena_bytes, self.arena_lower_bound
             ),
         );
+        if self.arena_staged_constants > 0 {
+            let converted = match self.arena_converted_constants {
+                0 => String::new(),
+                n => format!(", {n} of them float16 weights widened to float32"),
+            };
+            row(
+                &mut s,
+                "staged constants",
+                format!(
+                    "{} bytes of the arena, written once at load{converted}",
+                    self.arena_staged_constants
+                ),
+            );
+        }
         for (k, v) in &self.metadata {
             row(&mut s, &format!("meta {k}"), one_line(v, 100));
         }

@@ -91,9 +91,10 @@ enum Command {
     )]
     Eval(EvalArgs),
     /// Quantize a float ONNX classifier to int8 (QDQ) with calibration on
-    /// Fashion-MNIST; prints float vs int8 accuracy and size.
+    /// Fashion-MNIST, or store its weights as float16 (--weights f16);
+    /// prints float vs quantized accuracy and size.
     #[command(
-        after_help = "Examples:\n  tinykd quantize build/demo/student.onnx --out build/demo/student.int8.onnx\n  tinykd quantize s.onnx --method percentile:99.99 --calib-size 2000 --out s.int8.onnx --json\n  tinykd quantize s.onnx --method entropy --eval-limit 0 --out s.int8.onnx   # no evaluation\n\nWeights: int8 symmetric per output channel; activations: int8 asymmetric per tensor, ranges from\nthe float model run on a seeded sample of the training split (minmax, percentile, mse, entropy).\nThe output is standard QDQ ONNX (opset 13+): ONNX Runtime and tract run it; the tinykd runtime\nexecutes it with integer kernels."
+        after_help = "Examples:\n  tinykd quantize build/demo/student.onnx --out build/demo/student.int8.onnx\n  tinykd quantize s.onnx --method percentile:99.99 --calib-size 2000 --out s.int8.onnx --json\n  tinykd quantize s.onnx --method entropy --eval-limit 0 --out s.int8.onnx   # no evaluation\n  tinykd quantize s.onnx --weights f16 --out s.f16.onnx\n\nint8 (default): weights int8 symmetric per output channel; activations int8 asymmetric per tensor,\nranges from the float model run on a seeded sample of the training split (minmax, percentile, mse,\nentropy). The output is standard QDQ ONNX (opset 13+): ONNX Runtime and tract run it; the tinykd\nruntime executes it with integer kernels.\n\nf16: every Conv/Gemm/MatMul weight and bias (and any other float32 initializer of more than 16\nvalues) stored as float16, rounded to nearest even, followed by a Cast to float32: half the file,\ncomputed in float32, no calibration. A weight beyond float16's range (±65504) is an error. The\ntinykd runtime folds the Casts at load and widens the weights into its arena once."
     )]
     Quantize(commands::quantize::QuantizeArgs),
     /// Run the ONNX node test cases in DIR and report passed/failed/unsupported.

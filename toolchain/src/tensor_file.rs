@@ -46,6 +46,9 @@ pub enum Elements {
     Bool(Vec<bool>),
     /// float64.
     F64(Vec<f64>),
+    /// float16 (ONNX test data; the runtime takes it as a load-time
+    /// constant only, e.g. the input of a Cast).
+    F16(Vec<half::f16>),
 }
 
 /// A named tensor held on the host.
@@ -79,6 +82,7 @@ impl HostTensor {
             Elements::U8(_) => DType::U8,
             Elements::Bool(_) => DType::Bool,
             Elements::F64(_) => DType::F64,
+            Elements::F16(_) => DType::F16,
         }
     }
 
@@ -100,6 +104,7 @@ impl HostTensor {
             Elements::U8(v) => v.clone(),
             Elements::Bool(v) => v.iter().map(|&x| u8::from(x)).collect(),
             Elements::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Elements::F16(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         }
     }
 
@@ -213,6 +218,12 @@ impl HostTensor {
             DType::I8 => Elements::I8(words.iter().map(|&w| w as u8 as i8).collect()),
             DType::U8 => Elements::U8(words.iter().map(|&w| w as u8).collect()),
             DType::Bool => Elements::Bool(words.iter().map(|&w| w != 0).collect()),
+            DType::F16 => Elements::F16(
+                words
+                    .iter()
+                    .map(|&w| half::f16::from_bits(w as u16))
+                    .collect(),
+            ),
             other => return Err(format(format!("unsupported element type {other}"))),
         };
         Ok(HostTensor {

@@ -3,6 +3,7 @@
 //! run time (`eval`), which cannot fail on shape.
 
 pub mod binary;
+pub mod cast;
 pub mod concat;
 pub mod constant;
 pub mod conv;
@@ -87,6 +88,10 @@ pub enum Op {
     QAveragePool(qpool::QAveragePool),
     /// int8 Add, made at load time from a QDQ Add ([`crate::fuse`]).
     QAdd(qadd::QAdd),
+    /// Cast of a run-time value between float32, int8, uint8 and int32
+    /// (the output's type is the target; a Cast of a constant is folded at
+    /// load time, see [`cast`]).
+    Cast,
     /// Nothing to run: a `Constant` node, an activation fused into the
     /// node before it, or a DequantizeLinear/QuantizeLinear absorbed into
     /// an integer op by the QDQ rewrite.
@@ -177,6 +182,7 @@ impl Output<'_> {
 const OP_VERSIONS: &[(&str, &[u32], u32)] = &[
     ("Add", &[1, 6, 7, 13, 14], 7),
     ("AveragePool", &[1, 7, 10, 11, 19, 22], 7),
+    ("Cast", &[1, 6, 9, 13, 19, 21, 23, 24, 25, 28], 6),
     ("BatchNormalization", &[1, 6, 7, 9, 14, 15], 7),
     ("Clip", &[1, 6, 11, 12, 13], 6),
     ("Concat", &[1, 4, 11, 13], 4),
@@ -492,6 +498,7 @@ pub fn prepare<'a>(ctx: &NodeCtx<'_, 'a>, opset: i64) -> Result<(Op, Output<'a>)
         "Concat" => concat::prepare(ctx),
         "Pad" => pad::prepare(ctx),
         "Constant" => constant::prepare(ctx),
+        "Cast" => cast::prepare(ctx),
         "QuantizeLinear" => quantize::prepare_quantize(ctx),
         "DequantizeLinear" => quantize::prepare_dequantize(ctx),
         "QLinearConv" => qlinear::prepare_conv(ctx),
@@ -538,6 +545,7 @@ pub fn eval(
         Op::QGemm(g) => g.eval(inputs, requants, output),
         Op::QAveragePool(p) => p.eval(inputs, requants, output),
         Op::QAdd(a) => a.eval(inputs, requants, output, output_shape),
+        Op::Cast => cast::eval(x.data, output),
         _ => {
             if let DataMut::F32(y) = output {
                 eval_f32(op, inputs, y, output_shape);

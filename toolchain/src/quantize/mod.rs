@@ -11,6 +11,7 @@
 //! encoded with every initializer aligned, like the exporter's files.
 
 pub mod calibrate;
+pub mod f16;
 pub mod fold;
 pub mod qdq;
 
