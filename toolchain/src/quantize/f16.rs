@@ -40,16 +40,6 @@ pub const METADATA: &str = "float16 weights (Cast to float32 at load)";
 /// Ops whose inputs 1 and 2 (weight, bias) are converted whatever their size.
 const MAC_OPS: &[&str] = &["Conv", "Gemm", "MatMul"];
 
-/// Ops of a model that is already quantized.
-const QUANTIZED_OPS: &[&str] = &[
-    "QuantizeLinear",
-    "DequantizeLinear",
-    "QLinearConv",
-    "QLinearMatMul",
-    "ConvInteger",
-    "MatMulInteger",
-];
-
 /// What [`to_f16_weights`] did.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct F16Summary {
@@ -94,25 +84,15 @@ pub fn to_f16_weights(path: &Path, bytes: &[u8]) -> Result<(Vec<u8>, F16Summary)
 /// Rewrites `model`'s graph in place (see the module docs); the error says
 /// why the model cannot be converted.
 pub fn rewrite(model: &mut pb::ModelProto) -> Result<F16Summary, String> {
-    ensure_opset(model)?;
+    super::check_float_model(model, "float16 weights")?;
     let g = model.graph.as_mut().ok_or("the model has no graph")?;
-    if let Some(n) = g
-        .node
-        .iter()
-        .find(|n| QUANTIZED_OPS.contains(&n.op_type.as_str()))
-    {
-        return Err(format!(
-            "the model is already quantized (node '{}' is {}); convert the float model",
-            n.name, n.op_type
-        ));
-    }
     let weights: HashSet<String> = g
         .node
         .iter()
         .filter(|n| MAC_OPS.contains(&n.op_type.as_str()))
         .flat_map(|n| n.input.iter().skip(1).take(2).cloned())
         .collect();
-    let mut names = used_names(g);
+    let mut names = super::Names::new(g);
     let mut summary = F16Summary::default();
     let mut casts = Vec::new();
     let mut converted = HashSet::new();
@@ -127,14 +107,14 @@ pub fn rewrite(model: &mut pb::ModelProto) -> Result<F16Summary, String> {
         }
         let halves = to_halves(t, &mut summary)?;
         let original = std::mem::take(&mut t.name);
-        t.name = fresh(&mut names, &format!("{original}_float16"));
+        t.name = names.fresh(&format!("{original}_float16"));
         t.data_type = pb::tensor_proto::DataType::Float16 as i32;
         t.raw_data = halves.iter().flat_map(|h| h.to_le_bytes()).collect();
         t.float_data.clear();
         casts.push(pb::NodeProto {
             input: vec![t.name.clone()],
             output: vec![original.clone()],
-            name: fresh(&mut names, &format!("{original}/Cast")),
+            name: names.fresh(&format!("{original}/Cast")),
             op_type: "Cast".into(),
             attribute: vec![pb::AttributeProto {
                 name: "to".into(),
@@ -203,48 +183,6 @@ fn to_halves(t: &pb::TensorProto, summary: &mut F16Summary) -> Result<Vec<f16>, 
         out.push(h);
     }
     Ok(out)
-}
-
-/// Cast-13 and the exporter's conventions: opset 13 or newer.
-fn ensure_opset(model: &pb::ModelProto) -> Result<(), String> {
-    let default = model
-        .opset_import
-        .iter()
-        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-        .map(|o| o.version);
-    match default {
-        Some(v) if v >= 13 => Ok(()),
-        Some(v) => Err(format!(
-            "the model imports opset {v}; float16 weights need opset 13 or newer \
-             (re-export the float model with opset ≥ 13)"
-        )),
-        None => Err("the model imports no default-domain opset".into()),
-    }
-}
-
-/// Every name in the graph (values and nodes), to make new ones unique.
-fn used_names(g: &pb::GraphProto) -> HashSet<String> {
-    let mut s = HashSet::new();
-    s.extend(g.input.iter().map(|i| i.name.clone()));
-    s.extend(g.output.iter().map(|o| o.name.clone()));
-    s.extend(g.initializer.iter().map(|t| t.name.clone()));
-    for n in &g.node {
-        s.extend(n.input.iter().chain(&n.output).cloned());
-        s.insert(n.name.clone());
-    }
-    s
-}
-
-/// `base`, or `base_2`, `base_3`, … if taken; reserved from then on.
-fn fresh(names: &mut HashSet<String>, base: &str) -> String {
-    let mut name = base.to_string();
-    let mut k = 2;
-    while names.contains(&name) {
-        name = format!("{base}_{k}");
-        k += 1;
-    }
-    names.insert(name.clone());
-    name
 }
 
 #[cfg(test)]

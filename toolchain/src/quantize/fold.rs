@@ -142,8 +142,9 @@ fn fold_pair(g: &mut pb::GraphProto, c: usize, b: usize) -> Result<(), QuantizeE
         );
         new_b.push(((f64::from(bias[ch]) - f64::from(mean[ch])) * s + f64::from(beta[ch])) as f32);
     }
-    let w_new_name = fresh(g, &format!("{w_name}_bn_folded"));
-    let b_new_name = fresh(g, &format!("{}_bn_folded_bias", conv.name));
+    let mut names = super::Names::new(g);
+    let w_new_name = names.fresh(&format!("{w_name}_bn_folded"));
+    let b_new_name = names.fresh(&format!("{}_bn_folded_bias", conv.name));
     g.initializer
         .push(f32_initializer(&w_new_name, &w_dims, &new_w));
     g.initializer
@@ -175,21 +176,6 @@ fn drop_unused_initializers(g: &mut pb::GraphProto) {
         .collect();
     g.initializer.retain(|t| used.contains(&t.name));
     g.input.retain(|i| !dropped.contains(&i.name));
-}
-
-fn fresh(g: &pb::GraphProto, base: &str) -> String {
-    let taken = |n: &str| {
-        g.initializer.iter().any(|t| t.name == n)
-            || g.node.iter().any(|x| x.output.iter().any(|o| o == n))
-            || g.input.iter().any(|i| i.name == n)
-    };
-    let mut name = base.to_string();
-    let mut k = 2;
-    while taken(&name) {
-        name = format!("{base}_{k}");
-        k += 1;
-    }
-    name
 }
 
 fn f32_initializer(name: &str, dims: &[i64], v: &[f32]) -> pb::TensorProto {

@@ -105,6 +105,7 @@ pub fn quantize(
         reason,
     };
     let mut model = pb::ModelProto::decode(bytes).map_err(|e| read_err(e.to_string()))?;
+    check_float_model(&model, "int8 quantization").map_err(read_err)?;
     let graph = model
         .graph
         .as_mut()
@@ -305,4 +306,76 @@ pub fn agreement(a: &[f32], b: &[f32], scale: f32) -> Agreement {
         identical: steps.iter().filter(|&&s| s == 0).count() as f64 / steps.len().max(1) as f64,
         max_steps: steps.iter().copied().max().unwrap_or(0),
     }
+}
+
+/// Every name used in a graph (values and nodes), to make new ones unique.
+pub(crate) struct Names(std::collections::HashSet<String>);
+
+impl Names {
+    /// The names used in `g`.
+    pub(crate) fn new(g: &pb::GraphProto) -> Self {
+        let mut s = std::collections::HashSet::new();
+        s.extend(g.input.iter().map(|i| i.name.clone()));
+        s.extend(g.output.iter().map(|o| o.name.clone()));
+        s.extend(g.initializer.iter().map(|t| t.name.clone()));
+        for n in &g.node {
+            s.extend(n.input.iter().chain(&n.output).cloned());
+            s.insert(n.name.clone());
+        }
+        Names(s)
+    }
+
+    /// `base`, or `base_2`, `base_3`, … if taken; reserved from then on.
+    pub(crate) fn fresh(&mut self, base: &str) -> String {
+        let mut name = base.to_string();
+        let mut k = 2;
+        while self.0.contains(&name) {
+            name = format!("{base}_{k}");
+            k += 1;
+        }
+        self.0.insert(name.clone());
+        name
+    }
+}
+
+/// Ops of a model that is already quantized.
+const QUANTIZED_OPS: &[&str] = &[
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "QLinearConv",
+    "QLinearMatMul",
+    "ConvInteger",
+    "MatMulInteger",
+];
+
+/// Checks that `model` is a float model a quantizer can rewrite: opset 13
+/// or newer (per-axis QuantizeLinear, Cast-13) and no quantized ops yet.
+/// `what` names the conversion in the message, e.g. "int8 quantization".
+pub(crate) fn check_float_model(model: &pb::ModelProto, what: &str) -> Result<(), String> {
+    let default = model
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map(|o| o.version);
+    match default {
+        Some(v) if v >= 13 => {}
+        Some(v) => {
+            return Err(format!(
+                "the model imports opset {v}; {what} needs opset 13 or newer \
+                 (re-export the float model with opset ≥ 13)"
+            ))
+        }
+        None => return Err("the model imports no default-domain opset".into()),
+    }
+    let nodes = model.graph.iter().flat_map(|g| &g.node);
+    if let Some(n) = nodes
+        .clone()
+        .find(|n| QUANTIZED_OPS.contains(&n.op_type.as_str()))
+    {
+        return Err(format!(
+            "the model is already quantized (node '{}' is {}); {what} starts from the float model",
+            n.name, n.op_type
+        ));
+    }
+    Ok(())
 }

@@ -21,7 +21,7 @@
 //! Conv and Gemm become int32 with scale `input scale × weight scale[c]`.
 
 use super::calibrate::{quant_params, symmetric_weight_scale};
-use super::QuantizeError;
+use super::{Names, QuantizeError};
 use std::collections::{HashMap, HashSet};
 use tract_onnx::pb;
 
@@ -205,7 +205,7 @@ pub fn rewrite(
     plan: &QuantPlan,
     params: &HashMap<String, ActParams>,
 ) -> Result<RewriteSummary, QuantizeError> {
-    ensure_opset(model)?;
+    super::check_float_model(model, "int8 quantization").map_err(QuantizeError::Graph)?;
     let g = model
         .graph
         .as_mut()
@@ -326,25 +326,6 @@ pub fn rewrite(
     g.initializer.extend(new_initializers);
     g.value_info.clear(); // types changed; every reader infers them
     Ok(summary)
-}
-
-/// QuantizeLinear's per-axis form needs opset 13.
-fn ensure_opset(model: &mut pb::ModelProto) -> Result<(), QuantizeError> {
-    let default = model
-        .opset_import
-        .iter()
-        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-        .map(|o| o.version);
-    match default {
-        Some(v) if v >= 13 => Ok(()),
-        Some(v) => Err(QuantizeError::Graph(format!(
-            "the model imports opset {v}; per-channel QuantizeLinear needs opset 13 or \
-             newer (re-export the float model with opset ≥ 13)"
-        ))),
-        None => Err(QuantizeError::Graph(
-            "the model imports no default-domain opset".into(),
-        )),
-    }
 }
 
 /// One weight to quantize: its node's data input, weight, bias and channel axis.
@@ -525,35 +506,6 @@ fn dequantize(x: &str, scale: &str, zero_point: &str, y: &str, axis: Option<i64>
             .into_iter()
             .collect(),
         ..Default::default()
-    }
-}
-
-/// Every name used in the graph, to make new ones unique.
-struct Names(HashSet<String>);
-
-impl Names {
-    fn new(g: &pb::GraphProto) -> Self {
-        let mut s = HashSet::new();
-        s.extend(g.input.iter().map(|i| i.name.clone()));
-        s.extend(g.output.iter().map(|o| o.name.clone()));
-        s.extend(g.initializer.iter().map(|t| t.name.clone()));
-        for n in &g.node {
-            s.extend(n.input.iter().chain(&n.output).cloned());
-            s.insert(n.name.clone());
-        }
-        Names(s)
-    }
-
-    /// `base`, or `base_2`, `base_3`, … if taken; reserved from then on.
-    fn fresh(&mut self, base: &str) -> String {
-        let mut name = base.to_string();
-        let mut k = 2;
-        while self.0.contains(&name) {
-            name = format!("{base}_{k}");
-            k += 1;
-        }
-        self.0.insert(name.clone());
-        name
     }
 }
 

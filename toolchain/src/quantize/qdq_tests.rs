@@ -171,3 +171,19 @@ fn quantized_demo_model_runs_close_to_the_float_one() {
     assert!(agree >= n * 97 / 100, "{agree}/{n}");
     assert!(max_diff < 0.1 * spread, "{max_diff} vs {spread}");
 }
+
+#[test]
+fn an_already_quantized_model_is_refused_before_calibration() {
+    let ort_qdq =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../runtime/tests/data/ort_qdq/cnn_qdq.onnx");
+    let bytes = std::fs::read(&ort_qdq).unwrap();
+    let names = (0..10).map(|c| c.to_string()).collect();
+    let calib = Dataset::new(vec![0; 10 * 784], vec![0; 10], 28, 28, names).unwrap();
+    let e = quantize(&ort_qdq, &bytes, &calib, &QuantizeOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("cnn_qdq.onnx") && e.contains("already quantized"),
+        "{e}"
+    );
+}
