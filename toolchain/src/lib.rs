@@ -12,6 +12,7 @@ pub mod engine;
 pub mod eval;
 pub mod export;
 pub mod inspect;
+pub mod prune;
 pub mod quantize;
 pub mod report;
 pub mod teacher;

@@ -73,6 +73,13 @@ enum Command {
         after_help = "Examples:\n  tinykd sweep --teacher models/teachers/cnn.onnx --student models/students/mlp-40.toml --epochs 5 --out build/best.toml\n  tinykd sweep --teacher t.onnx --student s.toml --recipe models/recipes/views.toml --temperatures 1,2,4 --alphas 0.5,0.9 --out best.toml --json\n\nEvery trial trains from the same seed on the same cached teacher logits; the test set is not used."
     )]
     Sweep(SweepArgs),
+    /// Prune a trained student (magnitude: zero the smallest weights;
+    /// channels: remove the weakest channels), then fine-tune it by
+    /// distillation from the teacher and export it.
+    #[command(
+        after_help = "Examples:\n  tinykd prune --teacher models/teachers/cnn.onnx --student-weights build/student.onnx.ckpt --method channels --sparsity 0.5 --recipe models/recipes/kd.toml --epochs 2 --out build/pruned.onnx\n  tinykd prune --teacher t.onnx --student-weights s.safetensors --method magnitude --sparsity 0.8 --epochs 3 --out p.onnx --json\n  tinykd prune ... --resume   # continue a killed fine-tuning from OUT.ckpt (masks included)\n\nmagnitude: per layer, round(sparsity × n) of each Dense/Conv/Depthwise weight (smallest |w|) are zeroed\nand kept zero while fine-tuning; biases stay; the file keeps its size (dense storage).\nchannels: per Conv and hidden Dense, the output channels/units with the smallest L1 norm are removed,\nwith the inputs that read them (Depthwise layers follow their input); the final classifier keeps all\nits classes. The model and its file get smaller.\nPrinted: parameters, non-zero parameters and file bytes before/after, and test accuracy before pruning,\nright after pruning and after fine-tuning."
+    )]
+    Prune(commands::prune::PruneArgs),
     /// Export trained weights (.safetensors from `tinykd train`) as ONNX.
     #[command(
         after_help = "Examples:\n  tinykd export build/teacher/cnn.safetensors --out models/teachers/cnn.onnx\n\nThe file gets Fashion-MNIST's class labels and input normalisation as metadata;\nevery initializer is 16-byte aligned so the runtime can run it in place."
@@ -419,6 +426,7 @@ fn main() -> Result<()> {
         Command::Train(args) => train(&args),
         Command::Distill(args) => distill(&args),
         Command::Sweep(args) => sweep(&args),
+        Command::Prune(args) => commands::prune::run(&args),
         Command::Eval(args) => eval(&args),
         Command::Quantize(args) => commands::quantize::run(&args),
         Command::Export { weights, out } => export(&weights, &out),

@@ -1,5 +1,6 @@
 //! The CLI's longer commands, one module per family.
 
 pub mod evaluate;
+pub mod prune;
 pub mod quantize;
 pub mod training;

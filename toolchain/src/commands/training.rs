@@ -21,7 +21,7 @@ use tinykd::train::model::{Kernels, ModelSpec};
 pub struct RunArgs {
     /// Where to write the trained model: `.onnx` (exported) or `.safetensors` (weights).
     #[arg(long)]
-    out: PathBuf,
+    pub(super) out: PathBuf,
     /// Training images held out for validation.
     #[arg(long, default_value_t = 5000)]
     val: usize,
@@ -37,13 +37,13 @@ pub struct RunArgs {
     data_dir: PathBuf,
     /// Continue the run saved in OUT.ckpt (up to --epochs, if given).
     #[arg(long)]
-    resume: bool,
+    pub(super) resume: bool,
     /// Stop once this many epochs are done, as if killed; --resume continues.
     #[arg(long)]
     stop_after: Option<usize>,
     /// Print a JSON summary instead of text.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 /// Training settings as flags; each one given overrides the recipe's.
@@ -51,7 +51,7 @@ pub struct RunArgs {
 pub struct FitArgs {
     /// Passes over the training set [default: 10].
     #[arg(long)]
-    epochs: Option<usize>,
+    pub(super) epochs: Option<usize>,
     /// Images per step [default: 128].
     #[arg(long)]
     batch: Option<usize>,
@@ -83,7 +83,7 @@ pub struct FitArgs {
 
 impl FitArgs {
     /// `base` with the given flags applied.
-    fn apply(&self, mut cfg: FitConfig) -> Result<FitConfig> {
+    pub(super) fn apply(&self, mut cfg: FitConfig) -> Result<FitConfig> {
         macro_rules! set {
             ($($flag:ident => $field:ident),*) => {
                 $(if let Some(v) = self.$flag.clone() { cfg.$field = v; })*
@@ -191,7 +191,7 @@ fn load_spec(arch: &str) -> Result<ModelSpec> {
 }
 
 /// `OUT.ckpt` next to the output file.
-fn checkpoint_path(out: &Path) -> PathBuf {
+pub(super) fn checkpoint_path(out: &Path) -> PathBuf {
     let mut p = out.as_os_str().to_owned();
     p.push(".ckpt");
     PathBuf::from(p)
@@ -199,7 +199,7 @@ fn checkpoint_path(out: &Path) -> PathBuf {
 
 /// Records the data split in a new run's checkpoint, and refuses to resume
 /// a run on another split (its validation images would have been trained on).
-fn bind_split(trainer: &mut Trainer, run: &RunArgs) -> Result<()> {
+pub(super) fn bind_split(trainer: &mut Trainer, run: &RunArgs) -> Result<()> {
     let limit = run.limit.map_or("all".to_string(), |n| n.to_string());
     let split = format!(
         "val={} split_seed={} limit={limit}",
@@ -220,15 +220,15 @@ fn bind_split(trainer: &mut Trainer, run: &RunArgs) -> Result<()> {
 
 /// The training and test sets, the train/validation split, and the
 /// transfer set the student learns from (the training split by default).
-struct Data {
+pub(super) struct Data {
     train: Arc<Dataset>,
-    test: Arc<Dataset>,
+    pub(super) test: Arc<Dataset>,
     split: TrainVal,
     transfer: Arc<Dataset>,
     transfer_idx: Vec<usize>,
 }
 
-fn load_data(run: &RunArgs) -> Result<Data> {
+pub(super) fn load_data(run: &RunArgs) -> Result<Data> {
     // The output's folder is created up front, so a long run cannot fail
     // at its first checkpoint for want of it.
     if let Some(dir) = run.out.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -443,7 +443,7 @@ fn recipe_of(a: &DistillArgs) -> Result<Recipe> {
 }
 
 /// The teachers as an ensemble, and their sha256s joined by commas.
-fn load_ensemble(
+pub(super) fn load_ensemble(
     paths: &[PathBuf],
     weights: &[f32],
     mode: EnsembleMode,
@@ -575,32 +575,56 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
     };
     bind_split(&mut trainer, &a.run)?;
     let mut data = load_data(&a.run)?;
+    let teachers = (&ensemble, shas.as_str());
+    distill_fit(
+        &mut trainer,
+        &recipe,
+        teachers,
+        &a.pair.cache_dir,
+        &mut data,
+        &a.run,
+        |_| Ok(serde_json::json!({})),
+    )
+}
+
+/// The part of `distill` after the student and the data are set up, shared
+/// with `prune`: fits `trainer` with the recipe's objective against the
+/// teachers `(ensemble, sha256s)`, writes the model, then reports (with
+/// what `after` returns, given the written model, merged into the JSON).
+pub(super) fn distill_fit(
+    trainer: &mut Trainer,
+    recipe: &Recipe,
+    (ensemble, shas): (&Ensemble, &str),
+    cache_dir: &Path,
+    data: &mut Data,
+    run: &RunArgs,
+    after: impl FnOnce(&Trainer) -> Result<serde_json::Value>,
+) -> Result<()> {
     ensemble.check_classes(data.train.classes)?;
-    apply_transfer(&recipe, &mut data)?;
+    apply_transfer(recipe, data)?;
     let norm = Normalization::default();
-    let targets = teacher_targets(&recipe, &ensemble, &data, &a.pair.cache_dir, a.run.json)?;
-    let objective = Distiller::new(&recipe, Some(&ensemble), targets, norm)
+    let targets = teacher_targets(recipe, ensemble, data, cache_dir, run.json)?;
+    let objective = Distiller::new(recipe, Some(ensemble), targets, norm)
         .map_err(|e| anyhow::anyhow!("distill: {e}"))?;
-    let Some(test) = fit(&mut trainer, &data, &objective, &a.run)? else {
-        return stopped(&trainer, &a.run);
+    let Some(test) = fit(trainer, data, &objective, run)? else {
+        return stopped(trainer, run);
     };
     let meta = ExportMeta {
-        teacher_sha256: (ensemble.members().len() == 1).then(|| shas.clone()),
+        teacher_sha256: (ensemble.members().len() == 1).then(|| shas.to_string()),
         recipe: Some(recipe.to_toml()),
         ..ExportMeta::default()
     };
-    write_model(&trainer, &a.run.out, &data, meta)?;
+    write_model(trainer, &run.out, data, meta)?;
     let teachers: Vec<_> = ensemble
         .members()
         .iter()
         .map(|(t, w)| serde_json::json!({"path": t.path(), "sha256": t.sha256(), "weight": w}))
         .collect();
-    report(
-        &trainer,
-        &test,
-        &a.run,
-        serde_json::json!({"recipe": recipe, "teachers": teachers}),
-    )
+    let mut extra = serde_json::json!({"recipe": recipe, "teachers": teachers});
+    if let (Some(e), serde_json::Value::Object(more)) = (extra.as_object_mut(), after(trainer)?) {
+        e.extend(more);
+    }
+    report(trainer, &test, run, extra)
 }
 
 /// Options of `tinykd sweep`.

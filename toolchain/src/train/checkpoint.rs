@@ -1,5 +1,6 @@
 //! Checkpoints: one safetensors file holding a run's parameters
-//! (`param.<name>`), its optimizer state (`optim.<key>`), and in the header
+//! (`param.<name>`), its optimizer state (`optim.<key>`), pruning masks
+//! (`mask.<name>`, if any), and in the header
 //! metadata the model spec, the training settings and the epoch history as
 //! JSON. Files are written atomically (temp + rename), so a run killed
 //! mid-write leaves the previous checkpoint intact.
@@ -60,6 +61,8 @@ pub struct Checkpoint {
     pub optimizer: Vec<(String, Vec<f32>)>,
     /// Notes of the run (see `Trainer::set_tag`).
     pub tags: std::collections::BTreeMap<String, String>,
+    /// Pruning masks by parameter name (see `Trainer::set_masks`), flat.
+    pub masks: Vec<(String, Vec<f32>)>,
 }
 
 /// Writes `ck` with the parameters `params` to `path`, atomically.
@@ -90,9 +93,11 @@ pub fn save(
         .iter()
         .map(|(k, t)| (format!("param.{k}"), t.clone()))
         .collect();
-    for (k, v) in &ck.optimizer {
-        let t = Tensor::from_slice(v, v.len(), &Device::Cpu).map_err(|e| err(e.to_string()))?;
-        tensors.push((format!("optim.{k}"), t));
+    for (prefix, entries) in [("optim", &ck.optimizer), ("mask", &ck.masks)] {
+        for (k, v) in entries {
+            let t = Tensor::from_slice(v, v.len(), &Device::Cpu).map_err(|e| err(e.to_string()))?;
+            tensors.push((format!("{prefix}.{k}"), t));
+        }
     }
     let bytes = safetensors::serialize(tensors, Some(meta)).map_err(|e| err(e.to_string()))?;
     write_atomically(path, &bytes).map_err(|e| err(e.to_string()))
@@ -154,7 +159,7 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
         None => Default::default(),
     };
     let st = SafeTensors::deserialize(&bytes).map_err(|e| invalid(e.to_string()))?;
-    let (mut params, mut optimizer) = (Vec::new(), Vec::new());
+    let (mut params, mut optimizer, mut masks) = (Vec::new(), Vec::new(), Vec::new());
     for (name, view) in st.tensors() {
         if view.dtype() != safetensors::Dtype::F32 {
             return Err(invalid(format!(
@@ -171,11 +176,14 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
             params.push((k.to_string(), values));
         } else if let Some(k) = name.strip_prefix("optim.") {
             optimizer.push((k.to_string(), values));
+        } else if let Some(k) = name.strip_prefix("mask.") {
+            masks.push((k.to_string(), values));
         } else {
             return Err(invalid(format!("unexpected tensor {name}")));
         }
     }
     params.sort_by(|a, b| a.0.cmp(&b.0));
+    masks.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(Checkpoint {
         spec,
         config,
@@ -183,6 +191,7 @@ pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
         params,
         optimizer,
         tags,
+        masks,
     })
 }
 

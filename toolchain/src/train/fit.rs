@@ -274,6 +274,9 @@ pub struct Trainer {
     opt: Optimizer,
     history: Vec<EpochStats>,
     tags: std::collections::BTreeMap<String, String>,
+    /// 0/1 masks by parameter name, multiplied into their parameters after
+    /// every optimizer step (pruned weights stay zero); empty: none.
+    masks: Vec<(String, Tensor)>,
 }
 
 impl Trainer {
@@ -301,7 +304,51 @@ impl Trainer {
             opt,
             history: Vec::new(),
             tags: Default::default(),
+            masks: Vec::new(),
         })
+    }
+
+    /// A model for `spec` starting from `params` (every parameter, by
+    /// name, with the network's shapes) instead of random weights.
+    pub fn from_parameters(
+        spec: ModelSpec,
+        cfg: FitConfig,
+        params: &[(String, Tensor)],
+    ) -> Result<Self, FitError> {
+        let t = Self::new(spec, cfg)?;
+        let values = params
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), v.flatten_all()?.to_vec1::<f32>()?)))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        checkpoint::restore_params(Path::new("<parameters>"), &t.varmap, &values)?;
+        Ok(t)
+    }
+
+    /// Keeps parameters masked from now on: each `(name, mask)` is
+    /// multiplied into the parameter `name` at once and after every
+    /// optimizer step (so zeros stay zero); saved in checkpoints.
+    pub fn set_masks(&mut self, masks: Vec<(String, Tensor)>) -> Result<(), FitError> {
+        self.masks = masks;
+        self.apply_masks()
+    }
+
+    /// The masks set with [`Trainer::set_masks`].
+    pub fn masks(&self) -> &[(String, Tensor)] {
+        &self.masks
+    }
+
+    fn apply_masks(&self) -> Result<(), FitError> {
+        if self.masks.is_empty() {
+            return Ok(());
+        }
+        let data = self.varmap.data().lock().expect("varmap lock");
+        for (name, mask) in &self.masks {
+            let var = data
+                .get(name)
+                .ok_or_else(|| FitError::Config(format!("mask for unknown parameter {name}")))?;
+            var.set(&var.as_tensor().mul(mask)?)?;
+        }
+        Ok(())
     }
 
     /// Continues the run saved in the checkpoint at `path`; `epochs`, if
@@ -322,6 +369,20 @@ impl Trainer {
             })?;
         t.history = ck.history;
         t.tags = ck.tags;
+        let masks = ck
+            .masks
+            .iter()
+            .map(|(k, v)| {
+                let dims = t
+                    .parameter_dims(k)
+                    .ok_or_else(|| CheckpointError::Invalid {
+                        path: path.into(),
+                        reason: format!("mask for unknown parameter {k}"),
+                    })?;
+                Ok((k.clone(), Tensor::from_slice(v, dims, &Device::Cpu)?))
+            })
+            .collect::<Result<Vec<_>, FitError>>()?;
+        t.set_masks(masks)?;
         Ok(t)
     }
 
@@ -359,6 +420,11 @@ impl Trainer {
     /// The network, for inference.
     pub fn network(&self) -> &Network {
         &self.net
+    }
+
+    fn parameter_dims(&self, name: &str) -> Option<Vec<usize>> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        data.get(name).map(|v| v.dims().to_vec())
     }
 
     /// The parameters by name, sorted.
@@ -421,6 +487,7 @@ impl Trainer {
             }
             let grads = loss.backward()?;
             self.opt.step(&grads)?;
+            self.apply_masks()?;
             loss_sum += value as f64 * batch.len() as f64;
             seen += batch.len();
             if let Some(labels) = &batch.labels {
@@ -471,6 +538,11 @@ impl Trainer {
             tags: self.tags.clone(),
             params: Vec::new(),
             optimizer: self.opt.state(),
+            masks: self
+                .masks
+                .iter()
+                .map(|(k, m)| Ok((k.clone(), m.flatten_all()?.to_vec1::<f32>()?)))
+                .collect::<candle_core::Result<_>>()?,
         };
         checkpoint::save(path, &ck, &self.parameters())?;
         Ok(())
