@@ -109,7 +109,9 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
         }
         if let Some((accuracy, agreement)) = &ort {
             s["ort_int8_accuracy"] = (*accuracy).into();
-            s["ort_agreement"] = serde_json::to_value(agreement)?;
+            if let Some(agreement) = agreement {
+                s["ort_agreement"] = serde_json::to_value(agreement)?;
+            }
         }
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(());
@@ -147,15 +149,21 @@ pub fn run(a: &QuantizeArgs) -> Result<()> {
             100.0 * (i.accuracy - f.accuracy)
         );
     }
-    if let Some((accuracy, g)) = ort {
-        println!(
+    match ort {
+        Some((accuracy, Some(g))) => println!(
             "ONNX Runtime on the same file: {:.2}%; {:.3}% of the {} int8 outputs identical, \
              at most {} step(s) apart",
             100.0 * accuracy,
             100.0 * g.identical,
             g.values,
             g.max_steps
-        );
+        ),
+        Some((accuracy, None)) => println!(
+            "ONNX Runtime on the same file: {:.2}% (the output is not an int8 value, so \
+             outputs are not compared step by step)",
+            100.0 * accuracy
+        ),
+        None => {}
     }
     Ok(())
 }
@@ -271,30 +279,32 @@ fn ort_accuracy(_: &std::path::Path, _: &Dataset) -> Option<f64> {
 }
 
 /// ONNX Runtime's accuracy on the quantized file and how its int8 outputs
-/// compare with the runtime's (`None` without the `ort` feature).
+/// compare with the runtime's, when the output is a dequantized int8 value
+/// (`None` without the `ort` feature).
 #[cfg(feature = "ort")]
 fn ort_agreement(
     a: &QuantizeArgs,
     bytes: &[u8],
     ours: &tinykd::eval::EvalReport,
-) -> Result<Option<(f64, tinykd::quantize::Agreement)>> {
-    let Some(scale) = tinykd::quantize::output_scale(bytes, 0) else {
-        return Ok(None);
-    };
+) -> Result<Option<OrtComparison>> {
     let mut test = Dataset::load(&a.data_dir, Split::Test)?;
     if ours.total < test.len() {
         test = test.subset(&(0..ours.total).collect::<Vec<_>>())?;
     }
     let theirs = tinykd::eval::evaluate(&a.out, &test, EngineKind::Ort, 100)?;
-    let g = tinykd::quantize::agreement(&ours.logits, &theirs.logits, scale);
+    let g = tinykd::quantize::output_scale(bytes, 0)
+        .map(|scale| tinykd::quantize::agreement(&ours.logits, &theirs.logits, scale));
     Ok(Some((theirs.accuracy, g)))
 }
+
+/// ONNX Runtime's accuracy, and its step-by-step agreement with the runtime.
+type OrtComparison = (f64, Option<tinykd::quantize::Agreement>);
 
 #[cfg(not(feature = "ort"))]
 fn ort_agreement(
     _: &QuantizeArgs,
     _: &[u8],
     _: &tinykd::eval::EvalReport,
-) -> Result<Option<(f64, tinykd::quantize::Agreement)>> {
+) -> Result<Option<OrtComparison>> {
     Ok(None)
 }
