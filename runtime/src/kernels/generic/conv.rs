@@ -163,14 +163,14 @@ impl ConvGeometry {
     /// Output rows `[lo, hi)` for which kernel row `ky` reads real input, and
     /// the input row read at `lo`; None if every such read is padding.
     #[inline]
-    fn rows(&self, ky: usize) -> Option<[usize; 3]> {
+    pub(crate) fn rows(&self, ky: usize) -> Option<[usize; 3]> {
         let off = ky * self.dilation_h;
         valid_range(self.out_h, self.stride_h, off, self.pad_top, self.in_h)
     }
 
     /// Column counterpart of [`Self::rows`] for kernel column `kx`.
     #[inline]
-    fn cols(&self, kx: usize) -> Option<[usize; 3]> {
+    pub(crate) fn cols(&self, kx: usize) -> Option<[usize; 3]> {
         let off = kx * self.dilation_w;
         valid_range(self.out_w, self.stride_w, off, self.pad_left, self.in_w)
     }

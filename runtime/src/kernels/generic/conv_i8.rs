@@ -134,9 +134,7 @@ impl<X: QElem, W: QElem> Plane<'_, X, W> {
             }
             let iy = t - g.pad_top;
             for kx in 0..g.kernel_w {
-                let off = kx * g.dilation_w;
-                let Some([lo, hi, ix0]) = valid_range(g.out_w, g.stride_w, off, g.pad_left, g.in_w)
-                else {
+                let Some([lo, hi, ix0]) = g.cols(kx) else {
                     continue;
                 };
                 let (lo_s, hi_s) = (lo.max(ox0), hi.min(ox1));
@@ -154,16 +152,6 @@ impl<X: QElem, W: QElem> Plane<'_, X, W> {
             }
         }
     }
-}
-
-/// Output positions `o` in `[lo, hi)` whose input position `o * s + off - pad`
-/// lies inside `[0, len)`, plus that input position at `lo`. (The same rule
-/// as the f32 kernel's, which keeps its helper private.)
-#[inline]
-fn valid_range(out: usize, s: usize, off: usize, pad: usize, len: usize) -> Option<[usize; 3]> {
-    let lo = pad.saturating_sub(off).div_ceil(s);
-    let hi = (len + pad).saturating_sub(off).div_ceil(s).min(out);
-    (lo < hi).then(|| [lo, hi, lo * s + off - pad])
 }
 
 /// `y[j] += alpha * (x[j * step] − zx)` for every j in y, wrapping.
