@@ -267,3 +267,78 @@ fn teacher_with_wrong_classes_and_corrupt_data_are_clear_errors() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn cli_qat_writes_the_int8_model_it_reports_and_resumes_exactly() {
+    data_dir();
+    let float = temp("qat-float.onnx");
+    let qat = temp("qat-int8.onnx");
+    let (f, q) = (float.to_str().unwrap(), qat.to_str().unwrap());
+    let ckpt = format!("{f}.ckpt");
+    let distill = |extra: &[&str]| {
+        let mut args = vec![
+            "distill",
+            "--teacher",
+            "models/demo/fashion_mlp.onnx",
+            "--student",
+            "models/students/mlp-40.toml",
+            "--recipe",
+            "models/recipes/demo.toml",
+            "--limit",
+            "2000",
+            "--val",
+            "500",
+            "--json",
+        ];
+        args.extend(extra);
+        tinykd_cli(&args)
+    };
+    let ok = |o: &std::process::Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    ok(&distill(&["--epochs", "2", "--out", f]));
+    let qat_args = ["--init", &ckpt, "--qat", "--lr", "0.0003", "--out", q];
+    let run = distill(&[&qat_args[..], &["--epochs", "2"]].concat());
+    ok(&run);
+    let r: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let simulated = r["test"]["accuracy"].as_f64().unwrap();
+    let int8 = r["int8_runtime_test"]["accuracy"].as_f64().unwrap();
+    assert!(simulated > 0.6, "QAT accuracy {simulated}");
+    // The fake-quantized network is what the int8 model computes.
+    assert!((simulated - int8).abs() <= 0.002, "{simulated} vs {int8}");
+    let bytes = std::fs::read(&qat).unwrap();
+    assert!(
+        bytes.windows(14).any(|w| w == b"QuantizeLinear"),
+        "not a QDQ model"
+    );
+    // ONNX Runtime and tract score the written model as the runtime does.
+    for engine in ["ort", "tract"] {
+        let e = tinykd_cli(&["eval", q, "--engine", engine, "--json"]);
+        ok(&e);
+        let v: serde_json::Value = serde_json::from_slice(&e.stdout).unwrap();
+        assert_eq!(v["correct"], r["int8_runtime_test"]["correct"], "{engine}");
+    }
+    // Killed after one epoch and resumed: the same int8 file.
+    std::fs::remove_file(&qat).unwrap();
+    ok(&distill(
+        &[&qat_args[..], &["--epochs", "2", "--stop-after", "1"]].concat(),
+    ));
+    ok(&distill(&["--resume", "--qat", "--out", q]));
+    assert!(
+        std::fs::read(&qat).unwrap() == bytes,
+        "resumed QAT run differs"
+    );
+    // QAT writes ONNX only.
+    let bad = distill(&[
+        "--init",
+        &ckpt,
+        "--qat",
+        "--out",
+        &format!("{q}.safetensors"),
+    ]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("must end in .onnx"),
+        "{err}"
+    );
+}

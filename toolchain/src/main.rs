@@ -65,7 +65,7 @@ enum Command {
     Train(TrainArgs),
     /// Distill one or more ONNX teachers into a student from a spec.
     #[command(
-        after_help = "Examples:\n  tinykd distill --teacher models/teachers/cnn.onnx --student models/students/mlp-40.toml --recipe models/recipes/kd.toml --out build/student.onnx\n  tinykd distill --teacher a.onnx --teacher b.onnx --teacher-weights 2,1 --student s.toml --method hinton --temperature 4 --alpha 0.9 --epochs 30 --out s.onnx --json\n  tinykd distill ... --resume   # continue a killed run from OUT.ckpt\n\nTeacher logits over the training images are computed once and cached in build/teacher-cache/\n(keyed by the teacher's and the data's sha256) unless the recipe sets teacher_view = \"live\"."
+        after_help = "Examples:\n  tinykd distill --teacher models/teachers/cnn.onnx --student models/students/mlp-40.toml --recipe models/recipes/kd.toml --out build/student.onnx\n  tinykd distill --teacher a.onnx --teacher b.onnx --teacher-weights 2,1 --student s.toml --method hinton --temperature 4 --alpha 0.9 --epochs 30 --out s.onnx --json\n  tinykd distill ... --resume   # continue a killed run from OUT.ckpt\n  tinykd distill --teacher models/teachers/cnn.onnx --student models/students/ds-cnn.toml --init build/ds.onnx.ckpt --qat --lr 1e-4 --epochs 3 --out build/ds.qat.int8.onnx   # quantization-aware fine-tune to int8\n\nTeacher logits over the training images are computed once and cached in build/teacher-cache/\n(keyed by the teacher's and the data's sha256) unless the recipe sets teacher_view = \"live\"."
     )]
     Distill(DistillArgs),
     /// Search temperature and α on the validation split; write the best recipe.

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tinykd::data::{augmented_views, Augment, Dataset, Normalization, Split, TrainVal};
 use tinykd::distill::{Distiller, Method, Recipe, Targets, TeacherView};
+use tinykd::engine::EngineKind;
 use tinykd::export::ExportMeta;
 use tinykd::teacher::{Ensemble, EnsembleMode, Teacher, TeacherEngine};
 use tinykd::train::fit::{
@@ -164,6 +165,16 @@ pub struct DistillArgs {
     /// How several teachers' distributions are combined.
     #[arg(long, value_enum)]
     ensemble: Option<EnsembleMode>,
+    /// Start from trained weights (OUT.ckpt of train/distill, or the
+    /// .safetensors of train) of the `--student` spec instead of random ones.
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Quantization-aware training: weights and activations are
+    /// fake-quantized as the int8 export will be, and `--out` (.onnx) is
+    /// the int8 QDQ model. Usually a short fine-tune of a trained student
+    /// (`--init`) at a lower learning rate.
+    #[arg(long)]
+    qat: bool,
     #[command(flatten)]
     fit: FitArgs,
     #[command(flatten)]
@@ -321,7 +332,8 @@ fn fit(
     Ok(Some(trainer.evaluate(&data.test, &test_idx)?))
 }
 
-/// Writes the trained model: ONNX when `out` ends in `.onnx`, else weights.
+/// Writes the trained model: ONNX when `out` ends in `.onnx` (int8 QDQ
+/// after quantization-aware training), else weights.
 fn write_model(trainer: &Trainer, out: &Path, data: &Data, meta: ExportMeta) -> Result<()> {
     if out.extension().is_some_and(|e| e == "onnx") {
         let norm = Normalization::default();
@@ -330,7 +342,17 @@ fn write_model(trainer: &Trainer, out: &Path, data: &Data, meta: ExportMeta) -> 
             normalization: ExportMeta::normalization(norm.mean, norm.std),
             ..meta
         };
-        tinykd::export::write(out, trainer.spec(), &trainer.parameters(), &meta)?;
+        let params = trainer.parameters();
+        match trainer.network().fake_quant() {
+            Some(points) => {
+                let (bytes, _) = points.export(trainer.spec(), &params, &meta)?;
+                // The runtime must accept what is written, or nothing is written.
+                tinykd_runtime::Model::parse(&bytes)
+                    .with_context(|| format!("{}: the int8 model does not load", out.display()))?;
+                tinykd::tensor_file::write_atomically(out, &bytes)?;
+            }
+            None => tinykd::export::write(out, trainer.spec(), &params, &meta)?,
+        }
     } else {
         tinykd::train::checkpoint::save_weights(out, trainer.spec(), &trainer.parameters())?;
     }
@@ -533,6 +555,12 @@ fn teacher_targets(
 
 /// `tinykd distill`.
 pub fn distill(a: &DistillArgs) -> Result<()> {
+    if a.qat && a.run.out.extension().is_none_or(|e| e != "onnx") {
+        bail!(
+            "--qat writes an int8 ONNX model: --out {} must end in .onnx",
+            a.run.out.display()
+        );
+    }
     let ckpt = checkpoint_path(&a.run.out);
     // A resumed run keeps its recipe and teachers; only --epochs may change.
     let resumed = if a.run.resume {
@@ -567,7 +595,26 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
             t
         }
         None => {
-            let mut t = Trainer::new(load_spec(&a.pair.student)?, recipe.fit.clone())?;
+            let spec = load_spec(&a.pair.student)?;
+            let mut t = match &a.init {
+                Some(path) => {
+                    let (init_spec, params) = tinykd::prune::load_student(path)?;
+                    if init_spec.layers != spec.layers || init_spec.input != spec.input {
+                        bail!(
+                            "{}: the weights are of model '{}', not of the student '{}' ({})",
+                            path.display(),
+                            init_spec.name,
+                            spec.name,
+                            a.pair.student
+                        );
+                    }
+                    Trainer::from_parameters(spec, recipe.fit.clone(), &params)?
+                }
+                None => Trainer::new(spec, recipe.fit.clone())?,
+            };
+            if a.qat {
+                t.enable_qat()?;
+            }
             t.set_tag("recipe", recipe.to_toml());
             t.set_tag("teachers", shas.clone());
             t
@@ -576,6 +623,8 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
     bind_split(&mut trainer, &a.run)?;
     let mut data = load_data(&a.run)?;
     let teachers = (&ensemble, shas.as_str());
+    let test = data.test.clone();
+    let (out, json_out) = (a.run.out.clone(), a.run.json);
     distill_fit(
         &mut trainer,
         &recipe,
@@ -583,7 +632,23 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
         &a.pair.cache_dir,
         &mut data,
         &a.run,
-        |_| Ok(serde_json::json!({})),
+        |t| {
+            if t.network().fake_quant().is_none() {
+                return Ok(serde_json::json!({}));
+            }
+            // The accuracy the device gets: the written int8 model in the runtime.
+            let int8 = tinykd::eval::evaluate(&out, &test, EngineKind::Tinykd, 100)?;
+            if !json_out {
+                println!(
+                    "int8 QDQ model in the runtime: test accuracy {:.2}% ({}/{}), {} bytes",
+                    100.0 * int8.accuracy,
+                    int8.correct,
+                    int8.total,
+                    std::fs::metadata(&out)?.len()
+                );
+            }
+            Ok(serde_json::json!({"qat": true, "int8_runtime_test": int8}))
+        },
     )
 }
 

@@ -561,6 +561,12 @@ pub fn symmetric_weight_scale(max_abs: f32) -> f32 {
     (max_abs.abs() / 127.0).max(MIN_SCALE)
 }
 
+/// A weight value on the symmetric int8 grid of `scale` (−127..127; ties
+/// away from zero).
+pub fn quantize_symmetric(v: f32, scale: f32) -> i8 {
+    (v / scale).round().clamp(-127.0, 127.0) as i8
+}
+
 #[cfg(test)]
 #[path = "calibrate_tests.rs"]
 mod tests;

@@ -13,6 +13,7 @@
 pub mod calibrate;
 pub mod f16;
 pub mod fold;
+pub mod qat;
 pub mod qdq;
 
 use crate::data::Dataset;
@@ -119,25 +120,39 @@ pub fn quantize(
         )));
     }
     let measured = calibrate_values(path, &model, &plan, calib, opts)?;
-    let params = plan.resolve(&measured)?;
-    let summary = qdq::rewrite(&mut model, &plan, &params)?;
-    model.metadata_props.retain(|p| p.key != "quantization");
-    model.metadata_props.push(pb::StringStringEntryProto {
-        key: "quantization".into(),
-        value: format!(
-            "int8 QDQ: weights symmetric per channel, activations asymmetric per tensor, \
-             calibrated with {} on {} images",
-            opts.method,
-            opts.calib_size.min(calib.len())
-        ),
-    });
-    let bytes = crate::export::encode_aligned(&mut model)?;
+    let description = format!(
+        "int8 QDQ: weights symmetric per channel, activations asymmetric per tensor, \
+         calibrated with {} on {} images",
+        opts.method,
+        opts.calib_size.min(calib.len())
+    );
+    let (bytes, summary) = finish(&mut model, &plan, &measured, &description)?;
     Ok(Quantized {
         bytes,
         summary,
         folded_batch_norms,
         calibration_images: opts.calib_size.min(calib.len()),
     })
+}
+
+/// The end of PTQ and QAT alike: rewrites `model` to QDQ with the
+/// `measured` parameters of `plan`'s values, records `description` as the
+/// `quantization` metadata, and encodes it aligned.
+pub(crate) fn finish(
+    model: &mut pb::ModelProto,
+    plan: &QuantPlan,
+    measured: &HashMap<String, ActParams>,
+    description: &str,
+) -> Result<(Vec<u8>, RewriteSummary), QuantizeError> {
+    let params = plan.resolve(measured)?;
+    let summary = qdq::rewrite(model, plan, &params)?;
+    model.metadata_props.retain(|p| p.key != "quantization");
+    model.metadata_props.push(pb::StringStringEntryProto {
+        key: "quantization".into(),
+        value: description.into(),
+    });
+    let bytes = crate::export::encode_aligned(model)?;
+    Ok((bytes, summary))
 }
 
 /// Runs the float model on the calibration sample with every measured

@@ -20,7 +20,7 @@
 //! −127..127), with a DequantizeLinear along the channel axis; biases of
 //! Conv and Gemm become int32 with scale `input scale × weight scale[c]`.
 
-use super::calibrate::{quant_params, symmetric_weight_scale};
+use super::calibrate::{quant_params, quantize_symmetric, symmetric_weight_scale};
 use super::{Names, QuantizeError};
 use std::collections::{HashMap, HashSet};
 use tract_onnx::pb;
@@ -413,7 +413,7 @@ fn quantize_weight(w: &pb::TensorProto, axis: i64) -> Result<(Vec<i8>, Vec<f32>)
     let q = values
         .iter()
         .enumerate()
-        .map(|(i, &v)| (v / scales[channel_of(i)]).round().clamp(-127.0, 127.0) as i8)
+        .map(|(i, &v)| quantize_symmetric(v, scales[channel_of(i)]))
         .collect();
     Ok((q, scales))
 }

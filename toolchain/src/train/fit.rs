@@ -8,6 +8,7 @@ use super::checkpoint::{self, Checkpoint, CheckpointError};
 use super::model::{Kernels, ModelError, ModelSpec, Network};
 use super::optim::{AdamW, AdamWConfig, OptimError, Sgd, SgdConfig};
 use crate::data::{Augment, Batch, BatchConfig, DataError, Dataset, LabelMode, Loader};
+use crate::quantize::qat::{FakeQuant, SavedRanges};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,9 @@ pub enum FitError {
     /// A checkpoint could not be written or read.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// Setting up quantization-aware training failed.
+    #[error("quantization-aware training: {0}")]
+    Qat(#[from] crate::quantize::QuantizeError),
     /// Settings that cannot work together.
     #[error("invalid training config: {0}")]
     Config(String),
@@ -265,6 +269,9 @@ impl Optimizer {
     }
 }
 
+/// The checkpoint tag holding the fake-quantization ranges of a QAT run.
+const QAT_TAG: &str = "qat_ranges";
+
 /// A model being trained, with its optimizer and history.
 pub struct Trainer {
     spec: ModelSpec,
@@ -351,6 +358,16 @@ impl Trainer {
         Ok(())
     }
 
+    /// Trains quantization-aware from now on: the network fake-quantizes
+    /// its weights and activations as the int8 export will (see
+    /// [`crate::quantize::qat`]), learning activation ranges as it goes;
+    /// the ranges are saved in checkpoints.
+    pub fn enable_qat(&mut self) -> Result<(), FitError> {
+        let points = FakeQuant::for_model(&self.spec, &self.parameters())?;
+        self.net.set_fake_quant(points)?;
+        Ok(())
+    }
+
     /// Continues the run saved in the checkpoint at `path`; `epochs`, if
     /// given, replaces the total number of epochs (to extend a run).
     pub fn resume(path: &Path, epochs: Option<usize>) -> Result<Self, FitError> {
@@ -369,6 +386,17 @@ impl Trainer {
             })?;
         t.history = ck.history;
         t.tags = ck.tags;
+        if let Some(text) = t.tags.remove(QAT_TAG) {
+            let bad = |reason: String| CheckpointError::Invalid {
+                path: path.into(),
+                reason,
+            };
+            let saved: SavedRanges = serde_json::from_str(&text)
+                .map_err(|e| bad(format!("fake-quantization ranges: {e}")))?;
+            t.enable_qat()?;
+            let points = t.net.fake_quant().expect("just enabled");
+            points.restore(&saved).map_err(|e| bad(e.to_string()))?;
+        }
         let masks = ck
             .masks
             .iter()
@@ -475,7 +503,7 @@ impl Trainer {
                 .schedule
                 .rate(self.cfg.lr, epoch * per_epoch + i, total, per_epoch);
             self.opt.set_learning_rate(lr);
-            let logits = self.net.forward(&self.input(&batch)?)?;
+            let logits = self.net.forward_train(&self.input(&batch)?)?;
             let loss = objective.loss(&logits, &batch)?;
             let value = loss.to_scalar::<f32>()?;
             if !value.is_finite() {
@@ -531,11 +559,17 @@ impl Trainer {
     /// Writes the run's state (weights, optimizer, history, settings) to
     /// `path`, atomically.
     pub fn save_checkpoint(&self, path: &Path) -> Result<(), FitError> {
+        let mut tags = self.tags.clone();
+        if let Some(points) = self.net.fake_quant() {
+            let text = serde_json::to_string(&points.saved())
+                .map_err(|e| FitError::Config(format!("fake-quantization ranges: {e}")))?;
+            tags.insert(QAT_TAG.into(), text);
+        }
         let ck = Checkpoint {
             spec: self.spec.clone(),
             config: self.cfg.clone(),
             history: self.history.clone(),
-            tags: self.tags.clone(),
+            tags,
             params: Vec::new(),
             optimizer: self.opt.state(),
             masks: self

@@ -3,9 +3,11 @@
 
 use super::ops::conv2d::{conv2d_block, Conv2dParams};
 use super::ops::depthwise::depthwise_conv2d_with;
+use super::ops::fake_quant::fake_quant_weight;
 use super::ops::im2col::Epilogue;
 use super::ops::linear::{linear, linear_relu};
 use super::ops::pool;
+use crate::quantize::qat::FakeQuant;
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
@@ -321,33 +323,46 @@ enum Built {
 }
 
 /// Folds each Dense + ReLU pair into one `DenseRelu`, and the ReLU and max
-/// pooling after a dense conv into the conv.
-fn fuse_epilogues(layers: Vec<Built>) -> Vec<Built> {
-    let mut out: Vec<Built> = Vec::with_capacity(layers.len());
-    for layer in layers {
+/// pooling after a dense conv into the conv. Each layer comes with the
+/// index of the last spec layer it covers, which a fused layer extends.
+fn fuse_epilogues(layers: Vec<(Built, usize)>) -> Vec<(Built, usize)> {
+    let mut out: Vec<(Built, usize)> = Vec::with_capacity(layers.len());
+    for (layer, end) in layers {
         match (out.last_mut(), &layer) {
-            (Some(Built::Dense(_)), Built::Relu) => {
-                if let Some(Built::Dense(l)) = out.pop() {
-                    out.push(Built::DenseRelu(l));
+            (Some((Built::Dense(_), _)), Built::Relu) => {
+                if let Some((Built::Dense(l), _)) = out.pop() {
+                    out.push((Built::DenseRelu(l), end));
                 }
             }
             (
-                Some(Built::Conv {
-                    groups: 1,
-                    epilogue: ep,
-                    ..
-                }),
+                Some((
+                    Built::Conv {
+                        groups: 1,
+                        epilogue: ep,
+                        ..
+                    },
+                    last,
+                )),
                 Built::Relu,
-            ) if !ep.relu => ep.relu = true,
+            ) if !ep.relu => {
+                ep.relu = true;
+                *last = end;
+            }
             (
-                Some(Built::Conv {
-                    groups: 1,
-                    epilogue: ep,
-                    ..
-                }),
+                Some((
+                    Built::Conv {
+                        groups: 1,
+                        epilogue: ep,
+                        ..
+                    },
+                    last,
+                )),
                 Built::MaxPool(k),
-            ) if ep.pool == 1 => ep.pool = *k,
-            _ => out.push(layer),
+            ) if ep.pool == 1 => {
+                ep.pool = *k;
+                *last = end;
+            }
+            _ => out.push((layer, end)),
         }
     }
     out
@@ -372,8 +387,20 @@ pub enum Kernels {
 
 /// A network built from a [`ModelSpec`], its parameters in a `VarMap`.
 pub struct Network {
+    /// The spec's name, for errors.
+    name: String,
     layers: Vec<Built>,
+    /// The last spec layer each of `layers` covers (fused layers cover several).
+    ends: Vec<usize>,
     kernels: Kernels,
+    qat: Option<Qat>,
+}
+
+/// Fake quantization of a network in quantization-aware training.
+struct Qat {
+    points: FakeQuant,
+    /// The range slot applied after each built layer.
+    slots: Vec<Option<usize>>,
 }
 
 impl Network {
@@ -384,7 +411,7 @@ impl Network {
         let mut layers = Vec::new();
         for (i, (layer, input)) in spec.layers.iter().zip(&shapes).enumerate() {
             let vb = vb.pp(format!("l{i}"));
-            layers.push(match layer {
+            let built = match layer {
                 Layer::Dense { units } => Built::Dense(candle_nn::linear(input[0], *units, vb)?),
                 Layer::Conv {
                     kernel,
@@ -426,24 +453,91 @@ impl Network {
                 Layer::GlobalAvgPool => Built::GlobalAvgPool,
                 Layer::Relu => Built::Relu,
                 Layer::Flatten => Built::Flatten,
-            });
+            };
+            layers.push((built, i));
         }
         if kernels == Kernels::Fast {
             layers = fuse_epilogues(layers);
         }
-        Ok(Network { layers, kernels })
+        let (layers, ends) = layers.into_iter().unzip();
+        Ok(Network {
+            name: spec.name.clone(),
+            layers,
+            ends,
+            kernels,
+            qat: None,
+        })
+    }
+
+    /// Fake-quantizes from now on (quantization-aware training) at
+    /// `points`, which must come from the same spec: the weights of every
+    /// MAC layer, and the activations at the points' slots. A fused layer
+    /// (conv + ReLU + max pool) is quantized after its last part, which is
+    /// the same as after the part the point names, since what follows it
+    /// inside is monotone and keeps zero on the grid.
+    pub fn set_fake_quant(&mut self, points: FakeQuant) -> Result<(), ModelError> {
+        let mut slots = Vec::with_capacity(self.layers.len());
+        let mut start = 0;
+        for &end in &self.ends {
+            let slot = points.slot_after(end);
+            if let Some(i) = (start..end).find(|&i| {
+                points
+                    .slot_after(i)
+                    .is_some_and(|s| slot.is_none_or(|t| t != s))
+            }) {
+                return Err(ModelError::Spec {
+                    model: self.name.clone(),
+                    layer: i,
+                    reason: "quantized inside a fused layer whose output is not; \
+                             train with --kernels candle"
+                        .into(),
+                });
+            }
+            slots.push(slot);
+            start = end + 1;
+        }
+        self.qat = Some(Qat { points, slots });
+        Ok(())
+    }
+
+    /// The fake quantization set with [`Network::set_fake_quant`].
+    pub fn fake_quant(&self) -> Option<&FakeQuant> {
+        self.qat.as_ref().map(|q| &q.points)
     }
 
     /// Logits for a batch: `[N, ...input]` → `[N, classes]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.run(x, false)
+    }
+
+    /// Logits for a training batch: as [`Network::forward`], and with fake
+    /// quantization the activation ranges first move towards this batch's.
+    pub fn forward_train(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.run(x, true)
+    }
+
+    fn run(&self, x: &Tensor, observe: bool) -> candle_core::Result<Tensor> {
+        let fq_weight = |w: &Tensor| match self.qat {
+            Some(_) => fake_quant_weight(w),
+            None => Ok(w.clone()),
+        };
         let mut x = x.clone();
-        for layer in &self.layers {
+        if let Some(slot) = self.qat.as_ref().and_then(|q| q.points.input_slot()) {
+            let points = &self.qat.as_ref().expect("checked").points;
+            x = points.activation(slot, &x, observe)?;
+        }
+        for (k, layer) in self.layers.iter().enumerate() {
             x = match layer {
-                Built::Dense(l) => match self.kernels {
-                    Kernels::Candle => l.forward(&x)?,
-                    Kernels::Fast => linear(&x, l.weight(), dense_bias(l)?)?,
-                },
-                Built::DenseRelu(l) => linear_relu(&x, l.weight(), dense_bias(l)?)?,
+                Built::Dense(l) => {
+                    let w = fq_weight(l.weight())?;
+                    match self.kernels {
+                        Kernels::Candle => {
+                            candle_nn::Linear::new(w, l.bias().cloned()).forward(&x)?
+                        }
+                        Kernels::Fast => linear(&x, &w, dense_bias(l)?)?,
+                    }
+                }
+                Built::DenseRelu(l) => linear_relu(&x, &fq_weight(l.weight())?, dense_bias(l)?)?,
                 Built::Conv {
                     weight,
                     bias,
@@ -451,19 +545,22 @@ impl Network {
                     padding,
                     groups,
                     epilogue,
-                } => match self.kernels {
-                    Kernels::Candle => x
-                        .conv2d(weight, *padding, *stride, 1, *groups)?
-                        .broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?)?,
-                    Kernels::Fast => {
-                        let p = Conv2dParams::new(*stride, *padding);
-                        if *groups == 1 {
-                            conv2d_block(&x, weight, Some(bias), &p, *epilogue)?
-                        } else {
-                            depthwise_conv2d_with(&x, weight, Some(bias), &p)?
+                } => {
+                    let weight = &fq_weight(weight)?;
+                    match self.kernels {
+                        Kernels::Candle => x
+                            .conv2d(weight, *padding, *stride, 1, *groups)?
+                            .broadcast_add(&bias.reshape((1, bias.dim(0)?, 1, 1))?)?,
+                        Kernels::Fast => {
+                            let p = Conv2dParams::new(*stride, *padding);
+                            if *groups == 1 {
+                                conv2d_block(&x, weight, Some(bias), &p, *epilogue)?
+                            } else {
+                                depthwise_conv2d_with(&x, weight, Some(bias), &p)?
+                            }
                         }
                     }
-                },
+                }
                 Built::MaxPool(size) => match self.kernels {
                     Kernels::Candle => pool::candle_max_pool2d(&x, *size)?,
                     Kernels::Fast => pool::max_pool2d(&x, *size)?,
@@ -478,6 +575,11 @@ impl Network {
                 },
                 Built::Flatten => x.flatten_from(1)?,
             };
+            if let Some(q) = &self.qat {
+                if let Some(slot) = q.slots[k] {
+                    x = q.points.activation(slot, &x, observe)?;
+                }
+            }
         }
         Ok(x)
     }

@@ -4,6 +4,7 @@
 pub mod conv2d;
 pub mod cpu;
 pub mod depthwise;
+pub mod fake_quant;
 pub mod im2col;
 pub mod linear;
 pub mod pool;
