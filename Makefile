@@ -15,7 +15,7 @@ DEMO_OUT        := $(BUILD)/demo
 # ONNX Runtime, loaded at run time from the onnxruntime wheel in .venv.
 FEATURES        := --features tinykd/ort
 
-.PHONY: teacher results setup build test demo conformance run-conformance crosscheck-data fmt-check no-std firmware ops-doc size bench-train bench-peers train-parity clean
+.PHONY: teacher results report setup build test demo conformance run-conformance crosscheck-data fmt-check no-std firmware ops-doc size bench-train bench-peers train-parity clean
 
 setup:
 	@bash scripts/setup.sh
@@ -77,6 +77,12 @@ teacher: build
 # (runs are kept in build/results/, so an interrupted run continues).
 results: build
 	python3 scripts/kd_results.py --tinykd $(TINYKD)
+
+# The compression table and chart in docs/results.md (`tinykd report`: the
+# DS-CNN student scratch / KD / int8 PTQ / QAT / pruned / f16, 3 seeds; runs
+# are kept in build/report/, so an interrupted run continues).
+report: build
+	$(TINYKD) report --write-doc docs/results.md --plot docs/compression.png
 
 # Regenerates docs/ops.md from the conformance run.
 ops-doc: conformance

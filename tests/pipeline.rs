@@ -342,3 +342,90 @@ fn cli_qat_writes_the_int8_model_it_reports_and_resumes_exactly() {
         "{err}"
     );
 }
+
+#[test]
+fn cli_report_measures_every_compression_of_a_student_and_reuses_its_runs() {
+    data_dir();
+    let dir = temp("report");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (doc, png) = (dir.join("results.md"), dir.join("size.png"));
+    std::fs::write(
+        &doc,
+        "# Results\n\n## Compression\n\nold\n\n## Later\n\nkept\n",
+    )
+    .unwrap();
+    let args = [
+        "report",
+        "--teacher",
+        "models/demo/fashion_mlp.onnx",
+        "--student",
+        "models/students/mlp-40.toml",
+        "--epochs",
+        "1",
+        "--qat-epochs",
+        "1",
+        "--prune-epochs",
+        "1",
+        "--seeds",
+        "0",
+        "--work-dir",
+        dir.to_str().unwrap(),
+        "--write-doc",
+        doc.to_str().unwrap(),
+        "--plot",
+        png.to_str().unwrap(),
+        "--json",
+    ];
+    let first = tinykd_cli(&args);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 14);
+    let row = |label: &str| {
+        rows.iter()
+            .find(|r| r["label"].as_str().unwrap().starts_with(label))
+            .unwrap_or_else(|| panic!("no row {label}"))["seeds"][0]
+            .clone()
+    };
+    let kd = row("f32, KD");
+    let ptq = row("KD + int8 PTQ (mse)");
+    let qat = row("KD + int8 QAT");
+    let ch50 = row("KD + 50 % channels pruned (");
+    let mag75 = row("KD + 75 % weights pruned");
+    let f16 = row("KD + f16");
+    for m in rows.iter().map(|r| &r["seeds"][0]) {
+        assert!(m["accuracy"].as_f64().unwrap() > 0.5, "{m}");
+    }
+    // int8 is about a quarter of the f32 file; ORT computes the same logits.
+    assert!(ptq["file_bytes"].as_u64().unwrap() * 3 < kd["file_bytes"].as_u64().unwrap());
+    for m in [&ptq, &qat] {
+        assert!(m["ort_identical"].as_f64().unwrap() >= 0.999, "{m}");
+    }
+    assert!(kd["ort_identical"].is_null());
+    // Channel pruning shrinks the model; magnitude pruning leaves zeros.
+    assert!(ch50["parameters"].as_u64().unwrap() * 3 < kd["parameters"].as_u64().unwrap() * 2);
+    let (total, nonzero) = (
+        mag75["parameters"].as_u64().unwrap(),
+        mag75["nonzero"].as_u64().unwrap(),
+    );
+    assert_eq!(total, kd["parameters"].as_u64().unwrap());
+    assert!(nonzero * 3 < total, "{nonzero} of {total}");
+    assert!(f16["file_bytes"].as_u64().unwrap() * 10 < kd["file_bytes"].as_u64().unwrap() * 6);
+    // The section is replaced, the next one kept; the chart is a PNG.
+    let text = std::fs::read_to_string(&doc).unwrap();
+    assert!(
+        !text.contains("old") && text.contains("## Later\n\nkept"),
+        "{text}"
+    );
+    assert!(text.contains("| KD + int8 QAT (1 epoch) |"), "{text}");
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
+    // Run again: every step is reused, the figures are the same.
+    let again = tinykd_cli(&args);
+    assert!(again.status.success());
+    let r2: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(r2, r);
+}

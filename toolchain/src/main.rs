@@ -104,6 +104,14 @@ enum Command {
         after_help = "Examples:\n  tinykd quantize build/demo/student.onnx --out build/demo/student.int8.onnx\n  tinykd quantize s.onnx --method percentile:99.99 --calib-size 2000 --out s.int8.onnx --json\n  tinykd quantize s.onnx --method entropy --eval-limit 0 --out s.int8.onnx   # no evaluation\n  tinykd quantize s.onnx --weights f16 --out s.f16.onnx\n\nint8 (default): weights int8 symmetric per output channel; activations int8 asymmetric per tensor,\nranges from the float model run on a seeded sample of the training split (minmax, percentile, mse,\nentropy). The output is standard QDQ ONNX (opset 13+): ONNX Runtime and tract run it; the tinykd\nruntime executes it with integer kernels.\n\nf16: every Conv/Gemm/MatMul weight and bias (and any other float32 initializer of more than 16\nvalues) stored as float16, rounded to nearest even, followed by a Cast to float32: half the file,\ncomputed in float32, no calibration. A weight beyond float16's range (±65504) is an error. The\ntinykd runtime folds the Casts at load and widens the weights into its arena once."
     )]
     Quantize(commands::quantize::QuantizeArgs),
+    /// Compare the ways to compress one student on Fashion-MNIST: scratch,
+    /// KD, int8 PTQ (each calibration method), QAT, channel and magnitude
+    /// pruning, pruning + int8, f16 — accuracy (mean ± std over seeds),
+    /// parameters, file and arena bytes, host latency.
+    #[command(
+        after_help = "Examples:\n  tinykd report --write-doc docs/results.md --plot docs/compression.png\n  tinykd report --student models/students/mlp-40.toml --epochs 30 --seeds 0 --work-dir build/report-mlp --json\n\nEach step is one run of tinykd's own commands (distill, quantize, prune), kept in --work-dir with\nits JSON output; a report that is interrupted continues where it stopped when run again."
+    )]
+    Report(commands::report::ReportArgs),
     /// Run the ONNX node test cases in DIR and report passed/failed/unsupported.
     #[command(
         after_help = "Examples:\n  tinykd conformance build/onnx-node-tests --json\n  tinykd conformance build/onnx-node-tests --ops-doc docs/ops.md\n\nExits non-zero if any supported case fails."
@@ -337,7 +345,11 @@ fn bench_train(
     };
     let table = bench::markdown(&results, tf.as_ref());
     if let Some(path) = write_doc {
-        write_results_section(path, "Training speed", &table)?;
+        let machine = format!(
+            "Measured by `tinykd bench-train` on {} logical CPUs, batch and steps as in the table's run; medians.\n\n",
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+        tinykd::report::replace_section(path, "Training speed", &format!("{machine}{table}"))?;
     }
     if json {
         let runs: Vec<_> = results.iter().map(|(_, r)| r).collect();
@@ -348,29 +360,6 @@ fn bench_train(
     } else {
         print!("{table}");
     }
-    Ok(())
-}
-
-/// Replaces (or appends) the `## {title}` section of a Markdown file.
-fn write_results_section(path: &Path, title: &str, body: &str) -> Result<()> {
-    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Results\n".into());
-    let header = format!("## {title}\n");
-    let machine = format!(
-        "Measured by `tinykd bench-train` on {} logical CPUs, batch and steps as in the table's run; medians.\n\n",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
-    let section = format!("{header}\n{machine}{body}\n");
-    let new = match old.find(&header) {
-        Some(start) => {
-            let rest = &old[start + header.len()..];
-            let end = rest
-                .find("\n## ")
-                .map_or(old.len(), |i| start + header.len() + i + 1);
-            format!("{}{section}{}", &old[..start], &old[end..])
-        }
-        None => format!("{}\n\n{section}", old.trim_end()),
-    };
-    write_atomically(path, new.as_bytes())?;
     Ok(())
 }
 
@@ -429,6 +418,7 @@ fn main() -> Result<()> {
         Command::Prune(args) => commands::prune::run(&args),
         Command::Eval(args) => eval(&args),
         Command::Quantize(args) => commands::quantize::run(&args),
+        Command::Report(args) => commands::report::run(&args),
         Command::Export { weights, out } => export(&weights, &out),
         Command::Infer {
             model,

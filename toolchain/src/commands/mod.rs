@@ -3,4 +3,5 @@
 pub mod evaluate;
 pub mod prune;
 pub mod quantize;
+pub mod report;
 pub mod training;

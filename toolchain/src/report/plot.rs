@@ -23,6 +23,8 @@ pub const FONT_PATH: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 pub const TRAINING_CURVES_SIZE: (u32, u32) = (1200, 450);
 /// Width and height of [`confusion_png`]'s image.
 pub const CONFUSION_SIZE: (u32, u32) = (900, 860);
+/// Width and height of [`accuracy_vs_size_png`]'s image.
+pub const ACCURACY_SIZE_SIZE: (u32, u32) = (1200, 650);
 
 /// The family name the font is registered under in plotters.
 const FAMILY: &str = "sans-serif";
@@ -179,6 +181,124 @@ pub fn confusion_png(
         draw_confusion(root, title, confusion, class_names)
     })
 }
+
+/// One model of [`accuracy_vs_size_png`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct SizePoint {
+    /// The legend entry.
+    pub label: String,
+    /// File size in bytes.
+    pub bytes: f64,
+    /// Accuracy in %.
+    pub accuracy: f64,
+    /// Its standard deviation over seeds, in points (drawn as an error bar).
+    pub std: f64,
+}
+
+/// Draws accuracy (%) against file size (bytes, log scale) as an
+/// [`ACCURACY_SIZE_SIZE`] PNG at `path`, one colored marker with an error
+/// bar per model and a legend naming them.
+pub fn accuracy_vs_size_png(
+    path: &Path,
+    title: &str,
+    points: &[SizePoint],
+) -> Result<(), PlotError> {
+    let usable: Vec<&SizePoint> = points
+        .iter()
+        .filter(|p| p.bytes > 0.0 && p.bytes.is_finite() && p.accuracy.is_finite())
+        .collect();
+    if usable.is_empty() {
+        return Err(PlotError::Empty {
+            path: path.into(),
+            what: "list of models",
+        });
+    }
+    write_png(path, ACCURACY_SIZE_SIZE, |root| {
+        draw_accuracy_vs_size(root, title, &usable)
+    })
+}
+
+fn draw_accuracy_vs_size<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    points: &[&SizePoint],
+) -> AreaResult<DB> {
+    root.fill(&WHITE)?;
+    let root = root.titled(title, (FAMILY, 22))?;
+    let fold = |f: fn(f64, f64) -> f64, init: f64, v: &dyn Fn(&SizePoint) -> f64| {
+        points.iter().map(|p| v(p)).fold(init, f)
+    };
+    let (kb_lo, kb_hi) = (
+        fold(f64::min, f64::INFINITY, &|p| p.bytes) / 1.4,
+        fold(f64::max, 0.0, &|p| p.bytes) * 1.4,
+    );
+    let acc_lo = fold(f64::min, f64::INFINITY, &|p| p.accuracy - p.std);
+    let acc_hi = fold(f64::max, f64::NEG_INFINITY, &|p| p.accuracy + p.std);
+    let pad = ((acc_hi - acc_lo) * 0.08).max(0.2);
+    // The legend gets its own column: markers of equal size often overlap.
+    let (plot, legend) = root.split_horizontally(root.dim_in_pixel().0 * 3 / 5);
+    let mut chart = ChartBuilder::on(&plot)
+        .margin(14)
+        .x_label_area_size(45)
+        .y_label_area_size(65)
+        .build_cartesian_2d((kb_lo..kb_hi).log_scale(), acc_lo - pad..acc_hi + pad)?;
+    chart
+        .configure_mesh()
+        .x_desc("model file (bytes, log scale)")
+        .y_desc("test accuracy (%)")
+        .x_labels(8)
+        .y_labels(8)
+        .x_label_formatter(&|b| format!("{:.0} KB", b / 1000.0))
+        .label_style((FAMILY, 13))
+        .axis_desc_style((FAMILY, 15))
+        .draw()?;
+    let row = 24;
+    for (i, p) in points.iter().enumerate() {
+        let color = MARKER_COLORS[i % MARKER_COLORS.len()];
+        chart.draw_series(std::iter::once(PathElement::new(
+            vec![(p.bytes, p.accuracy - p.std), (p.bytes, p.accuracy + p.std)],
+            color.stroke_width(2),
+        )))?;
+        chart.draw_series(std::iter::once(Circle::new(
+            (p.bytes, p.accuracy),
+            6,
+            color.filled(),
+        )))?;
+        let y = 30 + row * i as i32;
+        legend.draw(&Circle::new((14, y), 6, color.filled()))?;
+        legend.draw(&Text::new(
+            format!(
+                "{} — {:.2} %, {:.1} KB",
+                p.label,
+                p.accuracy,
+                p.bytes / 1000.0
+            ),
+            (28, y - 7),
+            (FAMILY, 13),
+        ))?;
+    }
+    Ok(())
+}
+
+/// Distinct marker colors (Tableau 20's saturated half, then its light half).
+const MARKER_COLORS: [RGBColor; 16] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+    RGBColor(0, 0, 0),
+    RGBColor(174, 199, 232),
+    RGBColor(255, 152, 150),
+    RGBColor(152, 223, 138),
+    RGBColor(197, 176, 213),
+    RGBColor(255, 187, 120),
+];
 
 type AreaResult<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
 

@@ -319,3 +319,30 @@ fn missing_font_says_how_to_install_it() {
         "{msg}"
     );
 }
+
+#[test]
+fn accuracy_vs_size_draws_every_model_and_refuses_none() {
+    let dir = scratch("size");
+    let file = dir.join("size.png");
+    let point = |label: &str, bytes: f64, accuracy: f64| SizePoint {
+        label: label.into(),
+        bytes,
+        accuracy,
+        std: 0.2,
+    };
+    let points = [
+        point("f32", 126_939.0, 87.8),
+        point("int8", 51_812.0, 87.7),
+        point("int8, same size", 51_812.0, 87.9),
+        point("pruned + int8", 24_994.0, 86.8),
+    ];
+    accuracy_vs_size_png(&file, "ds-cnn: accuracy vs size", &points).unwrap();
+    assert_chart(&file, ACCURACY_SIZE_SIZE);
+    assert_eq!(strays(&dir, &["size.png"]), Vec::<String>::new());
+    // A model without a size cannot be placed; nothing left means no chart.
+    let none = dir.join("none.png");
+    let err = accuracy_vs_size_png(&none, "empty", &[point("bad", 0.0, 80.0)]).unwrap_err();
+    assert!(matches!(err, PlotError::Empty { .. }), "{err}");
+    assert!(!none.exists());
+    done(&dir);
+}
