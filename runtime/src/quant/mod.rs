@@ -117,6 +117,9 @@ pub trait QElem: Copy + Default + PartialEq + core::fmt::Debug + sealed::Sealed 
     fn to_i32(self) -> i32;
     /// `v` clamped to `[MIN, MAX]`.
     fn from_i32_saturating(v: i32) -> Self;
+    /// `s` as int8 values if this is `i8` (the scheme's type, which the
+    /// SIMD inner loops take).
+    fn as_i8(s: &[Self]) -> Option<&[i8]>;
 }
 
 impl QElem for i8 {
@@ -130,6 +133,10 @@ impl QElem for i8 {
     fn from_i32_saturating(v: i32) -> Self {
         v.clamp(<Self as QElem>::MIN, <Self as QElem>::MAX) as i8
     }
+    #[inline(always)]
+    fn as_i8(s: &[Self]) -> Option<&[i8]> {
+        Some(s)
+    }
 }
 
 impl QElem for u8 {
@@ -142,6 +149,10 @@ impl QElem for u8 {
     #[inline(always)]
     fn from_i32_saturating(v: i32) -> Self {
         v.clamp(<Self as QElem>::MIN, <Self as QElem>::MAX) as u8
+    }
+    #[inline(always)]
+    fn as_i8(_: &[Self]) -> Option<&[i8]> {
+        None
     }
 }
 

@@ -189,9 +189,7 @@ fn valid_range(out: usize, s: usize, off: usize, pad: usize, len: usize) -> Opti
 #[inline(always)]
 fn axpy(y: &mut [f32], alpha: f32, x: &[f32], step: usize) {
     if step == 1 {
-        for (o, &v) in y.iter_mut().zip(x) {
-            *o += alpha * v;
-        }
+        crate::kernels::axpy_f32(y, alpha, x);
     } else {
         for (o, &v) in y.iter_mut().zip(x.iter().step_by(step)) {
             *o += alpha * v;

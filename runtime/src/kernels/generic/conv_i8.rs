@@ -157,7 +157,10 @@ impl<X: QElem, W: QElem> Plane<'_, X, W> {
 /// `y[j] += alpha * (x[j * step] − zx)` for every j in y, wrapping.
 #[inline(always)]
 fn axpy<X: QElem>(y: &mut [i32], alpha: i32, x: &[X], step: usize, zx: i32) {
-    if step == 1 {
+    if let (1, Some(x8)) = (step, X::as_i8(x)) {
+        // alpha·(x − zx) = alpha·x − alpha·zx, in wrapping int32 arithmetic.
+        crate::kernels::axpy_i8(y, alpha, x8, alpha.wrapping_mul(zx).wrapping_neg());
+    } else if step == 1 {
         for (o, &v) in y.iter_mut().zip(x) {
             *o = o.wrapping_add(alpha * (v.to_i32() - zx));
         }

@@ -203,9 +203,23 @@ impl<'a, A: QElem, B: QElem> Operands<'a, A, B> {
     }
 }
 
-/// Σ (a[p] − za)·(b[p] − zb) over two contiguous slices.
+/// Σ (a[p] − za)·(b[p] − zb) over two contiguous slices. int8 operands
+/// take the SIMD inner loop: `Σab − za·Σb − zb·Σa + k·za·zb`, equal to the
+/// direct sum in wrapping int32 arithmetic.
 #[inline(always)]
 fn dot<A: QElem, B: QElem>(a: &[A], za: i32, b: &[B], zb: i32) -> i32 {
+    if let (Some(a8), Some(b8)) = (A::as_i8(a), B::as_i8(b)) {
+        let (ab, sb) = crate::kernels::dot_i8(a8, b8);
+        let mut s = ab.wrapping_sub(za.wrapping_mul(sb));
+        if zb != 0 {
+            let sa = a8.iter().fold(0i32, |t, &v| t.wrapping_add(i32::from(v)));
+            let k = a8.len() as i32;
+            s = s
+                .wrapping_sub(zb.wrapping_mul(sa))
+                .wrapping_add(k.wrapping_mul(za).wrapping_mul(zb));
+        }
+        return s;
+    }
     let mut s = 0i32;
     for (&av, &bv) in a.iter().zip(b) {
         s = s.wrapping_add((av.to_i32() - za) * (bv.to_i32() - zb));

@@ -36,10 +36,7 @@ pub fn matmul_f32(
             y_row.fill(0.0);
             for p in 0..k {
                 let aip = a[i * a_rs + p * a_cs];
-                let b_row = &b[p * b_rs..][..n];
-                for (o, &bv) in y_row.iter_mut().zip(b_row) {
-                    *o += aip * bv;
-                }
+                crate::kernels::axpy_f32(y_row, aip, &b[p * b_rs..][..n]);
             }
         }
     } else if b_rs == 1 {
@@ -49,7 +46,7 @@ pub fn matmul_f32(
             for (j, o) in y_row.iter_mut().enumerate() {
                 let b_col = &b[j * b_cs..][..k];
                 *o = if a_cs == 1 {
-                    dot(&a[i * a_rs..][..k], b_col)
+                    crate::kernels::dot_f32(&a[i * a_rs..][..k], b_col)
                 } else {
                     let mut acc = 0.0;
                     for (p, &bv) in b_col.iter().enumerate() {
@@ -72,28 +69,6 @@ pub fn matmul_f32(
             }
         }
     }
-}
-
-/// Dot product with eight independent partial sums: a single accumulator
-/// chains every add behind the previous one, which made this path an order of
-/// magnitude slower than the axpy path. The different summation order only
-/// changes rounding.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8
-        .remainder()
-        .iter()
-        .zip(b8.remainder())
-        .map(|(p, q)| p * q)
-        .sum();
-    let mut acc = [0.0f32; 8];
-    for (pa, pb) in a8.zip(b8) {
-        for ((s, &p), &q) in acc.iter_mut().zip(pa).zip(pb) {
-            *s += p * q;
-        }
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 #[cfg(test)]

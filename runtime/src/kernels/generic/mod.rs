@@ -13,6 +13,7 @@ pub mod binary;
 pub mod conv;
 pub mod conv_i8;
 pub mod gemm_i8;
+pub mod inner;
 pub mod matmul;
 pub mod pad;
 pub mod pool;
