@@ -15,7 +15,7 @@ DEMO_OUT        := $(BUILD)/demo
 # ONNX Runtime, loaded at run time from the onnxruntime wheel in .venv.
 FEATURES        := --features tinykd/ort
 
-.PHONY: teacher results report setup build test demo conformance run-conformance crosscheck-data fmt-check no-std firmware ops-doc size bench-train bench-peers train-parity clean
+.PHONY: teacher results report cross-targets setup build test demo conformance run-conformance crosscheck-data fmt-check no-std firmware ops-doc size bench-train bench-peers train-parity clean
 
 setup:
 	@bash scripts/setup.sh
@@ -44,6 +44,19 @@ no-std: setup
 firmware: setup
 	cd targets/cortex-m4 && timeout 600 $(CARGO) run --release
 
+# The shipped int8 student (and its f32 version) on 64 test images gives the
+# same outputs on every target: host scalar and AVX2, aarch64, armv7,
+# riscv64 (RVV at VLEN 128 and 256) under QEMU user mode, and the Cortex-M4
+# (DSP) and riscv32 firmwares under QEMU system mode; plus the SIMD kernels'
+# own tests on each Linux target and the Cortex-M4 kernel self-test.
+cross-targets: setup
+	$(CARGO) test --release -p tinykd-runtime --lib --target aarch64-unknown-linux-gnu kernels
+	$(CARGO) test --release -p tinykd-runtime --lib --target armv7-unknown-linux-gnueabihf --features arm-neon kernels
+	$(CARGO) test --release -p tinykd-runtime --lib --target riscv64gc-unknown-linux-gnu --features rvv kernels
+	cd targets/cortex-m4 && timeout 600 $(CARGO) run --release --bin kernels
+	$(PYTHON) scripts/cross_targets.py
+	bash targets/android/run.sh --check
+
 fmt-check:
 	$(CARGO) fmt --all --check
 
@@ -52,7 +65,7 @@ fmt-check:
 # non-dev feature set.
 test: setup fmt-check crosscheck-data
 	$(CARGO) test --release --workspace $(FEATURES)
-	$(MAKE) --no-print-directory run-conformance no-std firmware
+	$(MAKE) --no-print-directory run-conformance no-std firmware cross-targets
 
 # The main job on the shipped teacher: distill (short recipe) → ONNX export
 # → evaluation with the runtime the devices run → int8 quantization.
@@ -65,6 +78,7 @@ demo: build
 	$(TINYKD) infer $(DEMO_OUT)/student.onnx --input models/demo/sample_0.npy --output $(DEMO_OUT)/sample_0_logits.npy
 	$(TINYKD) quantize $(DEMO_OUT)/student.onnx --method mse --out $(DEMO_OUT)/student.int8.onnx
 	$(TINYKD) inspect $(DEMO_OUT)/student.int8.onnx
+	$(TINYKD) run --target cortex-m4 --model $(DEMO_OUT)/student.int8.onnx --input models/demo/sample_0.npy
 
 # Regenerates the shipped teacher, models/teachers/cnn.onnx (about 30
 # minutes on 2 cores; all 60k training images, seed 0).

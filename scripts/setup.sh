@@ -41,6 +41,12 @@ for t in "${RUST_TARGETS[@]}"; do
 done
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt clippy
 
+# cbindgen writes the Android target's C header (targets/android/include/tinykd.h).
+if ! command -v cbindgen >/dev/null; then
+  echo "setup: cargo install cbindgen"
+  timeout 1800 cargo install --quiet --locked cbindgen --version 0.29.4
+fi
+
 stamp=.venv/.requirements.stamp
 if [ ! -x .venv/bin/python ] || ! cmp -s "$PY_REQUIREMENTS" "$stamp"; then
   echo "setup: creating .venv with $(tr '\n' ' ' < "$PY_REQUIREMENTS")"

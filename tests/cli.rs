@@ -225,3 +225,49 @@ fn quantize_f16_halves_the_weights_and_keeps_the_predictions() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn targets_are_listed_and_unknown_ones_refused() {
+    let out = tinykd(&["targets", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    for want in [
+        "host",
+        "cortex-m4",
+        "riscv32",
+        "rpi-arm64",
+        "rpi-armv7",
+        "riscv64",
+        "android-arm64",
+    ] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    // `make setup` installs every toolchain: all are ready here.
+    for t in v.as_array().unwrap() {
+        assert_eq!(t["ready"], true, "{t}");
+    }
+    let bad = tinykd(&[
+        "build",
+        "--target",
+        "esp32",
+        "--model",
+        "models/demo/fashion_mlp.onnx",
+        "--out",
+        "/tmp/never",
+    ]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("unknown target 'esp32'"),
+        "{err}"
+    );
+}

@@ -38,16 +38,32 @@ fn main() {
     fs::write(out.join("expected.rs"), rust_array(&expected)).expect("write expected.rs");
 }
 
-/// The model's output on the host, computed by the same runtime the
-/// firmware links: the firmware compares its own result against it.
+/// The model's outputs on the host, computed by the same runtime the
+/// firmware links (its scalar kernels: build scripts get no SIMD features),
+/// one image at a time: the input may hold several images back to back.
 fn run_on_host(model_path: &Path, input: &[f32]) -> Vec<f32> {
-    let bytes = fs::read(model_path).unwrap_or_else(|e| panic!("reading {}: {e}", model_path.display()));
-    let model = tinykd_runtime::Model::parse(&bytes).unwrap_or_else(|e| panic!("{}: {e}", model_path.display()));
+    let bytes =
+        fs::read(model_path).unwrap_or_else(|e| panic!("reading {}: {e}", model_path.display()));
+    let model = tinykd_runtime::Model::parse(&bytes)
+        .unwrap_or_else(|e| panic!("{}: {e}", model_path.display()));
     let mut arena = vec![0u8; model.arena_size() + 16];
     let mut session = tinykd_runtime::Session::new(&model, &mut arena).expect("host session");
-    let mut output = vec![0f32; model.outputs().next().map_or(0, |v| v.len())];
-    session.run(&[input], &mut [&mut output[..]]).expect("host run");
-    output
+    let in_len = model.inputs().next().map_or(0, |v| v.len());
+    let out_len = model.outputs().next().map_or(0, |v| v.len());
+    assert!(
+        in_len > 0 && input.len() % in_len == 0,
+        "the input holds {} values, not a whole number of the model's {in_len}-value images",
+        input.len()
+    );
+    let mut outputs = Vec::with_capacity(input.len() / in_len * out_len);
+    for image in input.chunks(in_len) {
+        let mut output = vec![0f32; out_len];
+        session
+            .run(&[image], &mut [&mut output[..]])
+            .expect("host run");
+        outputs.extend(output);
+    }
+    outputs
 }
 
 /// The file named by environment variable `var`, or `default`, made absolute.

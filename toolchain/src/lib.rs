@@ -15,6 +15,7 @@ pub mod inspect;
 pub mod prune;
 pub mod quantize;
 pub mod report;
+pub mod targets;
 pub mod teacher;
 pub mod tensor_file;
 pub mod train;

@@ -112,6 +112,27 @@ enum Command {
         after_help = "Examples:\n  tinykd report --write-doc docs/results.md --plot docs/compression.png\n  tinykd report --student models/students/mlp-40.toml --epochs 30 --seeds 0 --work-dir build/report-mlp --json\n\nEach step is one run of tinykd's own commands (distill, quantize, prune), kept in --work-dir with\nits JSON output; a report that is interrupted continues where it stopped when run again."
     )]
     Report(commands::report::ReportArgs),
+    /// List the deployment targets and whether this machine can build and
+    /// run each (rustup target, cross linker, QEMU).
+    #[command(after_help = "Examples:\n  tinykd targets\n  tinykd targets --json")]
+    Targets {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build a target with a model inside: a firmware ELF (model in flash),
+    /// a Linux executable with its model, or the Android static library and
+    /// C header; prints flash (code, weights) and RAM (arena, stack).
+    #[command(
+        after_help = "Examples:\n  tinykd build --target cortex-m4 --model models/students/ds-cnn-kd.int8.onnx --out build/fw\n  tinykd build --target rpi-arm64 --model m.onnx --out build/rpi --json\n\nFirmware stacks are measured by stack painting in one run under QEMU."
+    )]
+    Build(commands::targets::BuildArgs),
+    /// Build a target with a model and run it on an input under QEMU:
+    /// prints the outputs, the prediction and the target's counters.
+    #[command(
+        after_help = "Examples:\n  tinykd run --target cortex-m4 --model models/students/ds-cnn-kd.int8.onnx --input models/demo/sample_0.npy\n  tinykd run --target riscv64 --model m.onnx --input x.npy"
+    )]
+    Run(commands::targets::RunArgs),
     /// Run the ONNX node test cases in DIR and report passed/failed/unsupported.
     #[command(
         after_help = "Examples:\n  tinykd conformance build/onnx-node-tests --json\n  tinykd conformance build/onnx-node-tests --ops-doc docs/ops.md\n\nExits non-zero if any supported case fails."
@@ -419,6 +440,9 @@ fn main() -> Result<()> {
         Command::Eval(args) => eval(&args),
         Command::Quantize(args) => commands::quantize::run(&args),
         Command::Report(args) => commands::report::run(&args),
+        Command::Targets { json } => commands::targets::list(json),
+        Command::Build(args) => commands::targets::build(&args),
+        Command::Run(args) => commands::targets::run(&args),
         Command::Export { weights, out } => export(&weights, &out),
         Command::Infer {
             model,

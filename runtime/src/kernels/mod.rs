@@ -6,7 +6,8 @@
 //!
 //! Which path a build uses is fixed by the target and its features
 //! ([`simd_path`] names it); x86_64 builds with `std` also detect AVX2 + FMA
-//! at run time. Where stable Rust exposes neither the intrinsics nor the
+//! at run time. The cargo feature `scalar` turns every SIMD path off (the
+//! cross-target equality test compares the reference against each path). Where stable Rust exposes neither the intrinsics nor the
 //! `target_feature` cfg (32-bit Arm, RISC-V V), the path is inline `asm!`
 //! behind a cargo feature of this crate.
 //!
@@ -37,17 +38,22 @@ use generic::inner;
 /// function of the same name in [`generic::inner`].
 macro_rules! dispatch {
     ($f:ident($($arg:expr),*)) => {{
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(all(target_arch = "x86_64", not(feature = "scalar")))]
         if avx2::available() {
             return avx2::$f($($arg),*);
         }
-        #[cfg(target_arch = "aarch64")]
+        #[cfg(all(target_arch = "aarch64", not(feature = "scalar")))]
         return neon::$f($($arg),*);
-        #[cfg(all(target_arch = "arm", feature = "arm-neon"))]
+        #[cfg(all(target_arch = "arm", feature = "arm-neon", not(feature = "scalar")))]
         return armv7::$f($($arg),*);
-        #[cfg(all(target_arch = "arm", feature = "arm-dsp", not(feature = "arm-neon")))]
+        #[cfg(all(
+            target_arch = "arm",
+            feature = "arm-dsp",
+            not(feature = "arm-neon"),
+            not(feature = "scalar")
+        ))]
         return dsp::$f($($arg),*);
-        #[cfg(all(target_arch = "riscv64", feature = "rvv"))]
+        #[cfg(all(target_arch = "riscv64", feature = "rvv", not(feature = "scalar")))]
         return rvv::$f($($arg),*);
         #[allow(unreachable_code)]
         inner::$f($($arg),*)
@@ -57,17 +63,22 @@ macro_rules! dispatch {
 /// The SIMD path this build (and, on x86_64 with `std`, this CPU) uses:
 /// `avx2`, `neon`, `neon-dotprod`, `armv7-neon`, `dsp`, `rvv` or `scalar`.
 pub fn simd_path() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", not(feature = "scalar")))]
     if avx2::available() {
         return avx2::NAME;
     }
-    #[cfg(target_arch = "aarch64")]
+    #[cfg(all(target_arch = "aarch64", not(feature = "scalar")))]
     return neon::NAME;
-    #[cfg(all(target_arch = "arm", feature = "arm-neon"))]
+    #[cfg(all(target_arch = "arm", feature = "arm-neon", not(feature = "scalar")))]
     return armv7::NAME;
-    #[cfg(all(target_arch = "arm", feature = "arm-dsp", not(feature = "arm-neon")))]
+    #[cfg(all(
+        target_arch = "arm",
+        feature = "arm-dsp",
+        not(feature = "arm-neon"),
+        not(feature = "scalar")
+    ))]
     return dsp::NAME;
-    #[cfg(all(target_arch = "riscv64", feature = "rvv"))]
+    #[cfg(all(target_arch = "riscv64", feature = "rvv", not(feature = "scalar")))]
     return rvv::NAME;
     #[allow(unreachable_code)]
     "scalar"

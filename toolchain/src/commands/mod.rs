@@ -4,4 +4,5 @@ pub mod evaluate;
 pub mod prune;
 pub mod quantize;
 pub mod report;
+pub mod targets;
 pub mod training;

@@ -1,38 +1,227 @@
 //! armv7 NEON inner loops (inline asm).
 //!
-//! Not yet vectorised: every loop is the scalar reference.
+//! Stable Rust has neither the NEON intrinsics nor `target_feature(enable =
+//! "neon")` on 32-bit Arm, so each loop is one `asm!` block whose string
+//! starts with `.fpu neon`: that lets the assembler accept NEON mnemonics
+//! while the rest of the crate is compiled for the target's baseline (VFPv3,
+//! no NEON). Because the compiler itself believes NEON is off, it ignores
+//! clobbers of `q` registers; every block therefore declares the `d`
+//! registers it touches (a `q` register is a pair of them). Only d0–d15 are
+//! used: the target has no `d32`, so the compiler knows nothing of d16–d31.
+//!
+//! - `dot_i8`: 16 bytes per step. `vmull.s8` forms exact int16 products
+//!   (|−128·−128| = 16384 fits), `vpadal.s16` folds pairs of them into int32
+//!   lanes, which wrap exactly as the scalar reference's int32 sum does.
+//!   Σb takes `vpaddl.s8` then `vpadal.s16` the same way.
+//! - `axpy_i8`: 8 elements per step, x widened with `vmovl` to int32, then
+//!   `vmla.i32` (low 32 bits of the product, i.e. wrapping) and `vadd.i32`.
+//! - `dot_f32` / `axpy_f32`: `vmla.f32` (not fused, like the reference's
+//!   multiply then add); dot keeps 16 partial sums to hide the add latency.
+//!   NEON flushes denormals to zero, far below the 1e-5 tolerance.
+//!
+//! Every loop handles whole blocks in asm and leaves the (short) tail to
+//! [`inner`]; `vld1`/`vst1` without an alignment hint accept any address.
 
 use super::generic::inner;
+use core::arch::asm;
 
 /// The name [`super::simd_path`] reports for this path.
 pub const NAME: &str = "armv7-neon";
 
-/// See [`inner::dot_i8`].
+/// See [`inner::dot_i8`]; 16 bytes per NEON step, bit-identical.
 #[inline]
 pub fn dot_i8(a: &[i8], b: &[i8]) -> (i32, i32) {
-    inner::dot_i8(a, b)
+    debug_assert_eq!(a.len(), b.len());
+    let n = a.len().min(b.len());
+    let blocks = n / 16;
+    let (mut ab, mut sb) = (0i32, 0i32);
+    if blocks > 0 {
+        // SAFETY: the loop reads `blocks` × 16 bytes from each pointer, which
+        // lie inside `a` and `b` (blocks × 16 ≤ n). Every NEON register it
+        // writes is declared clobbered as its d halves (d0–d15); pointers and
+        // counter are scratch outputs; it touches no stack.
+        unsafe {
+            asm!(
+                ".fpu neon",
+                "vmov.i32 q0, #0",
+                "vmov.i32 q1, #0",
+                "vmov.i32 q2, #0",
+                "2:",
+                "vld1.8 {{d8, d9}}, [{a}]!",
+                "vld1.8 {{d10, d11}}, [{b}]!",
+                "vmull.s8 q6, d8, d10",
+                "vmull.s8 q7, d9, d11",
+                "vpaddl.s8 q5, q5",
+                "vpadal.s16 q0, q6",
+                "vpadal.s16 q1, q7",
+                "vpadal.s16 q2, q5",
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                "vadd.i32 q0, q0, q1",
+                "vadd.i32 d0, d0, d1",
+                "vadd.i32 d4, d4, d5",
+                "vpadd.i32 d0, d0, d4",
+                "vmov {ab}, {sb}, d0",
+                a = inout(reg) a.as_ptr() => _,
+                b = inout(reg) b.as_ptr() => _,
+                n = inout(reg) blocks => _,
+                ab = lateout(reg) ab,
+                sb = lateout(reg) sb,
+                out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+                out("d4") _, out("d5") _, out("d8") _, out("d9") _,
+                out("d10") _, out("d11") _, out("d12") _, out("d13") _,
+                out("d14") _, out("d15") _,
+                options(nostack, readonly),
+            );
+        }
+    }
+    let done = blocks * 16;
+    let (tab, tsb) = inner::dot_i8(&a[done..n], &b[done..n]);
+    (ab.wrapping_add(tab), sb.wrapping_add(tsb))
 }
 
-/// See [`inner::axpy_i8`].
+/// See [`inner::axpy_i8`]; 8 elements per NEON step, bit-identical.
 #[inline]
 pub fn axpy_i8(y: &mut [i32], alpha: i32, x: &[i8], bias: i32) {
-    inner::axpy_i8(y, alpha, x, bias)
+    debug_assert!(x.len() >= y.len());
+    let n = y.len().min(x.len());
+    let blocks = n / 8;
+    if blocks > 0 {
+        // SAFETY: the loop reads `blocks` × 8 bytes of `x` and reads then
+        // writes `blocks` × 8 int32 of `y`, all inside the slices (blocks × 8
+        // ≤ n); `y` is borrowed mutably, so nothing else observes it. NEON
+        // registers are declared as their d halves; no stack is used.
+        unsafe {
+            asm!(
+                ".fpu neon",
+                "vdup.32 q6, {alpha}",
+                "vdup.32 q7, {bias}",
+                "2:",
+                "vld1.8 {{d10}}, [{x}]!",
+                "vld1.32 {{d4, d5, d6, d7}}, [{y}]",
+                "vmovl.s8 q4, d10",
+                "vmovl.s16 q0, d8",
+                "vmovl.s16 q1, d9",
+                "vmla.i32 q2, q0, q6",
+                "vmla.i32 q3, q1, q6",
+                "vadd.i32 q2, q2, q7",
+                "vadd.i32 q3, q3, q7",
+                "vst1.32 {{d4, d5, d6, d7}}, [{y}]!",
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                x = inout(reg) x.as_ptr() => _,
+                y = inout(reg) y.as_mut_ptr() => _,
+                n = inout(reg) blocks => _,
+                alpha = in(reg) alpha,
+                bias = in(reg) bias,
+                out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+                out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+                out("d8") _, out("d9") _, out("d10") _, out("d12") _,
+                out("d13") _, out("d14") _, out("d15") _,
+                options(nostack),
+            );
+        }
+    }
+    let done = blocks * 8;
+    inner::axpy_i8(&mut y[done..n], alpha, &x[done..n], bias);
 }
 
-/// See [`inner::dot_f32`].
+/// See [`inner::dot_f32`]; 16 floats per NEON step in 16 partial sums.
 #[inline]
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    inner::dot_f32(a, b)
+    debug_assert_eq!(a.len(), b.len());
+    let n = a.len().min(b.len());
+    let blocks = n / 16;
+    let mut sum = 0.0f32;
+    if blocks > 0 {
+        let bits: u32;
+        // SAFETY: the loop reads `blocks` × 16 f32 from each pointer, inside
+        // `a` and `b` (blocks × 16 ≤ n). NEON registers are declared as their
+        // d halves; no stack is used.
+        unsafe {
+            asm!(
+                ".fpu neon",
+                "vmov.i32 q0, #0",
+                "vmov.i32 q1, #0",
+                "vmov.i32 q2, #0",
+                "vmov.i32 q3, #0",
+                "2:",
+                "vld1.32 {{d8, d9, d10, d11}}, [{a}]!",
+                "vld1.32 {{d12, d13, d14, d15}}, [{b}]!",
+                "vmla.f32 q0, q4, q6",
+                "vmla.f32 q1, q5, q7",
+                "vld1.32 {{d8, d9, d10, d11}}, [{a}]!",
+                "vld1.32 {{d12, d13, d14, d15}}, [{b}]!",
+                "vmla.f32 q2, q4, q6",
+                "vmla.f32 q3, q5, q7",
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                "vadd.f32 q0, q0, q1",
+                "vadd.f32 q2, q2, q3",
+                "vadd.f32 q0, q0, q2",
+                "vadd.f32 d0, d0, d1",
+                "vpadd.f32 d0, d0, d0",
+                "vmov {bits}, s0",
+                a = inout(reg) a.as_ptr() => _,
+                b = inout(reg) b.as_ptr() => _,
+                n = inout(reg) blocks => _,
+                bits = lateout(reg) bits,
+                out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+                out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+                out("d8") _, out("d9") _, out("d10") _, out("d11") _,
+                out("d12") _, out("d13") _, out("d14") _, out("d15") _,
+                options(nostack, readonly),
+            );
+        }
+        sum = f32::from_bits(bits);
+    }
+    let done = blocks * 16;
+    sum + inner::dot_f32(&a[done..n], &b[done..n])
 }
 
-/// See [`inner::axpy_f32`].
+/// See [`inner::axpy_f32`]; 8 floats per NEON step.
 #[inline]
 pub fn axpy_f32(y: &mut [f32], alpha: f32, x: &[f32]) {
-    inner::axpy_f32(y, alpha, x)
+    debug_assert!(x.len() >= y.len());
+    let n = y.len().min(x.len());
+    let blocks = n / 8;
+    if blocks > 0 {
+        // SAFETY: the loop reads `blocks` × 8 f32 of `x` and reads then
+        // writes as many of `y`, inside the slices (blocks × 8 ≤ n); `y` is
+        // borrowed mutably. NEON registers are declared as their d halves;
+        // no stack is used.
+        unsafe {
+            asm!(
+                ".fpu neon",
+                "vdup.32 q7, {alpha}",
+                "2:",
+                "vld1.32 {{d0, d1, d2, d3}}, [{x}]!",
+                "vld1.32 {{d4, d5, d6, d7}}, [{y}]",
+                "vmla.f32 q2, q0, q7",
+                "vmla.f32 q3, q1, q7",
+                "vst1.32 {{d4, d5, d6, d7}}, [{y}]!",
+                "subs {n}, {n}, #1",
+                "bne 2b",
+                x = inout(reg) x.as_ptr() => _,
+                y = inout(reg) y.as_mut_ptr() => _,
+                n = inout(reg) blocks => _,
+                alpha = in(reg) alpha.to_bits(),
+                out("d0") _, out("d1") _, out("d2") _, out("d3") _,
+                out("d4") _, out("d5") _, out("d6") _, out("d7") _,
+                out("d14") _, out("d15") _,
+                options(nostack),
+            );
+        }
+    }
+    let done = blocks * 8;
+    inner::axpy_f32(&mut y[done..n], alpha, &x[done..n]);
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::check::fill_i8;
+    use super::super::generic::inner;
+
     #[test]
     fn matches_the_scalar_reference() {
         super::super::check::against_reference(
@@ -41,5 +230,36 @@ mod tests {
             super::dot_f32,
             super::axpy_f32,
         );
+    }
+
+    #[test]
+    fn long_extremes_wrap_like_the_reference() {
+        // 2^17 products of 16384 overflow int32: the sums must wrap exactly.
+        let a = vec![i8::MIN; 1 << 17];
+        assert_eq!(super::dot_i8(&a, &a), inner::dot_i8(&a, &a));
+    }
+
+    #[test]
+    fn slices_misaligned_differently() {
+        // The shared check offsets both slices alike; here each on its own.
+        let a = fill_i8(11, 300);
+        let b = fill_i8(12, 300);
+        for oa in 0..4 {
+            for ob in 0..4 {
+                for n in [0, 1, 5, 15, 16, 17, 33, 64, 255] {
+                    let (x, w) = (&a[oa..oa + n], &b[ob..ob + n]);
+                    assert_eq!(
+                        super::dot_i8(x, w),
+                        inner::dot_i8(x, w),
+                        "n={n} +{oa} +{ob}"
+                    );
+                    let mut got: Vec<i32> = (0..n as i32).map(|v| v * 77_777).collect();
+                    let mut want = got.clone();
+                    super::axpy_i8(&mut got, -128, x, i32::MAX);
+                    inner::axpy_i8(&mut want, -128, x, i32::MAX);
+                    assert_eq!(got, want, "axpy n={n} +{oa}");
+                }
+            }
+        }
     }
 }

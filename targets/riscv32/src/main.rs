@@ -1,0 +1,357 @@
+//! RISC-V MCU firmware for tinykd (`riscv32imac-unknown-none-elf`): runs the
+//! embedded ONNX model once with `tinykd-runtime` and reports over
+//! semihosting the outputs, the argmax, the instructions and cycles of one
+//! inference, and the stack high-water marks of loading and running.
+//!
+//! Memory: the model file stays where it was linked (flash on a real board;
+//! weights are read in place), the parsed `Model` and the arena live in
+//! `.bss`, the input is a constant.
+#![no_std]
+#![no_main]
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+use core::fmt;
+use core::mem::size_of;
+use riscv_rt::{entry, TrapFrame};
+use riscv_semihosting::{debug, hprintln};
+use tinykd_runtime::{AlignedArena, Bindings, Model, Session};
+
+/// Arena bytes reserved at link time. Checked against `model.arena_size()`
+/// at start-up, so a model that needs more fails loudly. Generous on purpose,
+/// so that the shipped students run without a rebuild (the f32 DS-CNN needs
+/// 125,440, its int8 version 36,064); the demo MLP needs 6192 (560 for
+/// activations plus 5632 for `fc1.bias` and `fc2.weight`, whose raw_data sit
+/// at unaligned file offsets and so are copied into the arena).
+const ARENA_BYTES: usize = 128 * 1024;
+
+/// Largest output tensor the firmware can receive, in f32s.
+const OUTPUT_CAPACITY: usize = 16;
+
+/// Gives `include_bytes!` data the alignment the runtime needs to read f32
+/// weights in place (the exporter aligns every raw_data to 16 in the file).
+#[repr(C, align(16))]
+struct Aligned<T: ?Sized>(T);
+
+/// The ONNX file, linked into `.rodata` (flash on a real board); never copied.
+static MODEL_ONNX: &Aligned<[u8]> = &Aligned(*include_bytes!(env!("TINYKD_MODEL_PATH")));
+
+/// The input, decoded from the `.npy` file by build.rs: one image, or
+/// several back to back (each is run and checked; the first is reported).
+static INPUT: &[f32] = &include!(concat!(env!("OUT_DIR"), "/input.rs"));
+
+/// The same model's outputs computed on the host by build.rs with the same
+/// runtime: the device must agree, bit for bit on an int8 (QDQ) model and
+/// within 1e-5 relative on a float one.
+static EXPECTED: &[f32] = &include!(concat!(env!("OUT_DIR"), "/expected.rs"));
+
+/// Loads the model, runs one inference and reports what it cost.
+#[entry]
+fn main() -> ! {
+    stack::paint();
+
+    let model = load();
+    let stack_parse = stack::high_water();
+
+    hprintln!(
+        "model: opset {}, {} nodes, {} MACs, {} weight bytes, arena {} of {} bytes",
+        model.opset(),
+        model.nodes().len(),
+        model.macs(),
+        model.parameters().1,
+        model.arena_size(),
+        ARENA_BYTES
+    );
+    hprintln!("size_of::<Model>() = {} bytes", size_of::<Model>());
+    if model.arena_size() > ARENA_BYTES {
+        fail(format_args!(
+            "the model needs {} arena bytes; raise ARENA_BYTES",
+            model.arena_size()
+        ));
+    }
+    if model.inputs().len() != 1 || model.outputs().len() != 1 {
+        fail(format_args!(
+            "this firmware feeds one input and reads one output"
+        ));
+    }
+    let out_len = model.outputs().next().map_or(0, |v| v.len());
+    let in_len = model.inputs().next().map_or(0, |v| v.len());
+    if in_len == 0 || INPUT.len() % in_len != 0 {
+        fail(format_args!(
+            "the input holds {} values, not a whole number of {in_len}-value images",
+            INPUT.len()
+        ));
+    }
+    if out_len > OUTPUT_CAPACITY {
+        fail(format_args!(
+            "output has {out_len} elements; raise OUTPUT_CAPACITY"
+        ));
+    }
+
+    let mut session =
+        Session::new(model, arena()).unwrap_or_else(|e| fail(format_args!("Session::new: {e}")));
+    let mut output = [0f32; OUTPUT_CAPACITY];
+    let output = &mut output[..out_len];
+
+    // Only the inference is counted; the stack is repainted so that its
+    // high-water mark is the running one, not the (deeper) parsing one.
+    stack::paint();
+    let (error, cost) = counter::measure(|| {
+        session
+            .run(&[&INPUT[..in_len]], &mut [&mut output[..]])
+            .err()
+    });
+    let stack_run = stack::high_water();
+    if let Some(e) = error {
+        fail(format_args!("Session::run: {e}"));
+    }
+
+    for (i, y) in output.iter().enumerate() {
+        hprintln!("logit[{}] = {}", i, y);
+    }
+    // First maximum, as numpy's argmax picks it.
+    let best = output
+        .iter()
+        .enumerate()
+        .fold(0, |b, (i, y)| if *y > output[b] { i } else { b });
+    hprintln!("argmax = {} ({})", best, label(model, best));
+    // Every image against the host's outputs (the first one's are in `output`).
+    let int8 = model.qdq_fusion().1 > 0;
+    let images = INPUT.len() / in_len;
+    let (mut identical, mut worst) = (0usize, 0f32);
+    let mut other = [0f32; OUTPUT_CAPACITY];
+    for (i, (image, expected)) in INPUT
+        .chunks(in_len)
+        .zip(EXPECTED.chunks(out_len))
+        .enumerate()
+    {
+        let y: &[f32] = if i == 0 {
+            output
+        } else {
+            let y = &mut other[..out_len];
+            if let Err(e) = session.run(&[image], &mut [&mut y[..]]) {
+                fail(format_args!("Session::run, image {i}: {e}"));
+            }
+            y
+        };
+        identical += usize::from(
+            y.iter()
+                .zip(expected)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+        );
+        worst = y
+            .iter()
+            .zip(expected)
+            .map(|(y, e)| (y - e).abs() / e.abs().max(1.0))
+            .fold(worst, f32::max);
+    }
+    if EXPECTED.len() != images * out_len || worst > 1e-5 || (int8 && identical != images) {
+        fail(format_args!(
+            "outputs differ from the host's: {identical} of {images} images bit-identical, \
+             max relative difference {worst}"
+        ));
+    }
+    hprintln!(
+        "matches the host run on {} image(s): {} bit-identical, max relative difference {}",
+        images,
+        identical,
+        worst
+    );
+    hprintln!("instructions: {} for one inference", cost.instructions);
+    hprintln!(
+        "cycles: {} for one inference (mcycle; equals instructions under QEMU's -icount)",
+        cost.cycles
+    );
+    hprintln!(
+        "stack high-water: {} bytes loading (parse), {} bytes running",
+        stack_parse,
+        stack_run
+    );
+
+    exit(debug::EXIT_SUCCESS)
+}
+
+/// Storage for the parsed model: `Model` holds fixed-capacity tables inline,
+/// so it lives in .bss and is filled in place by `Model::load`, never on the
+/// stack.
+static mut MODEL: Model<'static> = Model::EMPTY;
+
+/// Parses the embedded model into [`MODEL`].
+fn load() -> &'static Model<'static> {
+    // SAFETY: `load` is called once, from `main`, before anything else can
+    // reach MODEL (interrupts stay disabled and no trap handler touches it),
+    // so this is the only reference ever created to it.
+    let model = unsafe { &mut *core::ptr::addr_of_mut!(MODEL) };
+    if let Err(e) = model.load(&MODEL_ONNX.0, &Bindings::default()) {
+        fail(format_args!("Model::load: {e}"));
+    }
+    model
+}
+
+/// The arena, in .bss. A static rather than `riscv::singleton!`, whose
+/// initialiser would build the 64 KiB value in `main`'s stack frame first.
+static mut ARENA: AlignedArena<ARENA_BYTES> = AlignedArena::new();
+
+/// The arena's bytes.
+fn arena() -> &'static mut [u8] {
+    // SAFETY: `arena` is called once, from `main`, and no trap handler
+    // touches ARENA, so this is the only reference ever created to it.
+    unsafe { &mut (*core::ptr::addr_of_mut!(ARENA)).0 }
+}
+
+/// Class `i`'s name from the model's `labels` metadata, or "" without one.
+fn label<'a>(model: &Model<'a>, i: usize) -> &'a str {
+    let labels = model
+        .metadata()
+        .iter()
+        .find(|(k, _)| *k == "labels")
+        .map_or("", |(_, v)| *v);
+    labels.split(',').nth(i).unwrap_or("")
+}
+
+/// Ends the run with `status` (QEMU's exit code; a debug probe reports it).
+fn exit(status: debug::ExitStatus) -> ! {
+    debug::exit(status);
+    // Reached only without a debugger attached: nothing left to do.
+    loop {
+        riscv::asm::wfi();
+    }
+}
+
+/// Reports `why` and ends the run with a failure status.
+fn fail(why: fmt::Arguments) -> ! {
+    hprintln!("error: {}", why);
+    exit(debug::EXIT_FAILURE)
+}
+
+/// A panic is a bug: report it and make QEMU exit non-zero.
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    hprintln!("panic: {}", info);
+    exit(debug::EXIT_FAILURE)
+}
+
+/// Any exception (bad address, illegal instruction — e.g. a core without
+/// the `minstret`/`mcycle` CSRs) would otherwise end in riscv-rt's default
+/// `abort`, a busy loop that spins until QEMU's timeout.
+#[export_name = "ExceptionHandler"]
+fn exception_handler(_frame: &TrapFrame) -> ! {
+    hprintln!(
+        "exception: mcause {:#x} at pc {:#010x} (mtval {:#x})",
+        riscv::register::mcause::read().bits(),
+        riscv::register::mepc::read(),
+        riscv::register::mtval::read()
+    );
+    exit(debug::EXIT_FAILURE)
+}
+
+/// Counts what one piece of code costs, with the standard machine-mode
+/// counters: `minstret` (instructions retired) and `mcycle` (core cycles).
+/// Under QEMU with `-icount shift=0` both advance by exactly one per
+/// instruction, so the count is exact and identical across runs; on a real
+/// core `mcycle` counts clock cycles.
+mod counter {
+    use core::sync::atomic::{compiler_fence, Ordering};
+    use riscv::register::{mcycle, minstret};
+
+    /// What one measured piece of code cost.
+    pub struct Cost {
+        /// Instructions retired (`minstret`).
+        pub instructions: u64,
+        /// Core cycles (`mcycle`).
+        pub cycles: u64,
+    }
+
+    /// Raw counter deltas `f` takes, the counters' own read overhead included.
+    fn deltas<R>(f: impl FnOnce() -> R) -> (R, Cost) {
+        // The fences keep the compiler from moving `f`'s work across the reads.
+        compiler_fence(Ordering::SeqCst);
+        let (i0, c0) = (minstret::read64(), mcycle::read64());
+        compiler_fence(Ordering::SeqCst);
+        let r = f();
+        compiler_fence(Ordering::SeqCst);
+        let (i1, c1) = (minstret::read64(), mcycle::read64());
+        compiler_fence(Ordering::SeqCst);
+        let cost = Cost {
+            instructions: i1.wrapping_sub(i0),
+            cycles: c1.wrapping_sub(c0),
+        };
+        (r, cost)
+    }
+
+    /// Runs `f` and returns its result and cost, less the cost of reading
+    /// the counters.
+    pub fn measure<R>(f: impl FnOnce() -> R) -> (R, Cost) {
+        let ((), overhead) = deltas(|| ());
+        let (r, cost) = deltas(f);
+        let cost = Cost {
+            instructions: cost.instructions.saturating_sub(overhead.instructions),
+            cycles: cost.cycles.saturating_sub(overhead.cycles),
+        };
+        (r, cost)
+    }
+}
+
+/// Stack high-water mark by painting: fill the unused stack with a pattern,
+/// later find the deepest word that no longer holds it.
+mod stack {
+    use core::arch::asm;
+    use core::ptr::addr_of;
+
+    /// An unlikely value for live stack data.
+    const PAINT: u32 = 0xC5AC_CE55;
+
+    extern "C" {
+        /// Lowest stack address: the start of riscv-rt's `.stack` section
+        /// (after .bss and the empty heap), from its link.x.
+        static __estack: u32;
+        /// Initial stack pointer (end of RAM), from riscv-rt's link.x.
+        static _stack_start: u32;
+    }
+
+    /// Lowest stack address.
+    fn bottom() -> usize {
+        addr_of!(__estack) as usize
+    }
+
+    /// Initial SP: riscv-rt's start-up code rounds `_stack_start` down to 16.
+    fn top() -> usize {
+        addr_of!(_stack_start) as usize & !15
+    }
+
+    /// Paints every word from the stack's bottom up to the current SP.
+    pub fn paint() {
+        // In assembly so that no Rust frame can live in the painted range
+        // while it is written.
+        // SAFETY: [bottom, sp) is stack memory reserved by link.x that holds
+        // no live data (the RISC-V psABI has no red zone and this firmware
+        // takes no interrupts); `bottom` is word-aligned (link.x aligns the
+        // heap before it to 4).
+        unsafe {
+            asm!(
+                "mv {sp}, sp",
+                "2:",
+                "bgeu {p}, {sp}, 3f",
+                "sw {paint}, 0({p})",
+                "addi {p}, {p}, 4",
+                "j 2b",
+                "3:",
+                p = inout(reg) bottom() => _,
+                sp = out(reg) _,
+                paint = in(reg) PAINT,
+                options(nostack),
+            );
+        }
+    }
+
+    /// The deepest the stack has been since the last [`paint`], in bytes
+    /// from the top.
+    pub fn high_water() -> usize {
+        let mut p = bottom();
+        // SAFETY: p stays word-aligned inside the stack region [bottom, top),
+        // which is RAM; the words are only read.
+        while p < top() && unsafe { (p as *const u32).read_volatile() } == PAINT {
+            p += 4;
+        }
+        top() - p
+    }
+}
