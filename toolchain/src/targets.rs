@@ -38,6 +38,8 @@ pub struct Target {
     pub folder: &'static str,
     /// What it builds.
     pub kind: Kind,
+    /// The cargo target that is the deliverable (a bin, or the library).
+    pub artifact: &'static str,
     /// The SIMD path its runtime build uses (see `tinykd_runtime::kernels`).
     pub simd: &'static str,
     /// The command that runs its output here (QEMU), program first.
@@ -54,6 +56,7 @@ pub const TARGETS: &[Target] = &[
         triple: "x86_64-unknown-linux-gnu",
         folder: "targets/rpi",
         kind: Kind::LinuxApp,
+        artifact: "tinykd-rpi",
         simd: "avx2 (detected at run time)",
         runner: &[],
         tools: &[],
@@ -64,6 +67,7 @@ pub const TARGETS: &[Target] = &[
         triple: "thumbv7em-none-eabihf",
         folder: "targets/cortex-m4",
         kind: Kind::Firmware,
+        artifact: "tinykd-cortex-m4",
         simd: "dsp",
         runner: &[
             "qemu-system-arm",
@@ -84,6 +88,7 @@ pub const TARGETS: &[Target] = &[
         triple: "riscv32imac-unknown-none-elf",
         folder: "targets/riscv32",
         kind: Kind::Firmware,
+        artifact: "tinykd-riscv32",
         simd: "scalar",
         runner: &[
             "qemu-system-riscv32",
@@ -105,6 +110,7 @@ pub const TARGETS: &[Target] = &[
         triple: "aarch64-unknown-linux-gnu",
         folder: "targets/rpi",
         kind: Kind::LinuxApp,
+        artifact: "tinykd-rpi",
         simd: "neon",
         runner: &["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"],
         tools: &["aarch64-linux-gnu-gcc", "qemu-aarch64"],
@@ -115,6 +121,7 @@ pub const TARGETS: &[Target] = &[
         triple: "armv7-unknown-linux-gnueabihf",
         folder: "targets/rpi",
         kind: Kind::LinuxApp,
+        artifact: "tinykd-rpi",
         simd: "armv7-neon",
         runner: &["qemu-arm", "-L", "/usr/arm-linux-gnueabihf"],
         tools: &["arm-linux-gnueabihf-gcc", "qemu-arm"],
@@ -125,6 +132,7 @@ pub const TARGETS: &[Target] = &[
         triple: "riscv64gc-unknown-linux-gnu",
         folder: "targets/riscv64",
         kind: Kind::LinuxApp,
+        artifact: "tinykd-riscv64",
         simd: "rvv",
         runner: &[
             "qemu-riscv64",
@@ -141,6 +149,7 @@ pub const TARGETS: &[Target] = &[
         triple: "aarch64-linux-android",
         folder: "targets/android",
         kind: Kind::StaticLib,
+        artifact: "tinykd_android",
         simd: "neon",
         runner: &["qemu-aarch64"],
         tools: &["aarch64-linux-gnu-gcc", "qemu-aarch64"],
@@ -250,10 +259,11 @@ impl Target {
         if let Some(input) = input {
             cmd.env("TINYKD_INPUT", absolute(input)?);
         }
-        if self.kind == Kind::Firmware {
-            // The firmware's default binary (others are self-tests).
-            cmd.arg("--bins");
-        }
+        match self.kind {
+            Kind::StaticLib => cmd.arg("--lib"),
+            // The deliverable only (a firmware crate also has self-tests).
+            Kind::Firmware | Kind::LinuxApp => cmd.args(["--bin", self.artifact]),
+        };
         let out = cmd
             .output()
             .map_err(|e| self.fail(format!("cannot run cargo: {e}")))?;
@@ -268,7 +278,7 @@ impl Target {
             let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
                 continue;
             };
-            if msg["reason"] != "compiler-artifact" {
+            if msg["reason"] != "compiler-artifact" || msg["target"]["name"] != self.artifact {
                 continue;
             }
             if let Some(exe) = msg["executable"].as_str() {
