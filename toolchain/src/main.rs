@@ -130,7 +130,7 @@ enum Command {
     /// Build a target with a model and run it on an input under QEMU:
     /// prints the outputs, the prediction and the target's counters.
     #[command(
-        after_help = "Examples:\n  tinykd run --target cortex-m4 --model models/students/ds-cnn-kd.int8.onnx --input models/demo/sample_0.npy\n  tinykd run --target riscv64 --model m.onnx --input x.npy"
+        after_help = "Examples:\n  tinykd run --target cortex-m4 --model models/students/ds-cnn-kd.int8.onnx --input models/demo/sample_0.npy\n  tinykd run --target riscv64 --model m.onnx --input x.npy\n  tinykd run --target cortex-m4 --model m.onnx --input x.npy --probe STM32F407VGTx   # a real board (probe-rs)\n  tinykd run --target rpi-arm64 --model m.onnx --input x.npy --ssh pi@raspberrypi.local"
     )]
     Run(commands::targets::RunArgs),
     /// Run the ONNX node test cases in DIR and report passed/failed/unsupported.

@@ -239,11 +239,14 @@ impl Target {
     /// `cargo build --release` of the target's crate (under `root`) with the
     /// model `model` (and for firmwares the input `input`) inside; returns
     /// the artifacts cargo reports (executables, or the static library).
+    /// `hardware`: for a real board, without the crate's default features
+    /// (a firmware's emulator-only counter).
     pub fn cargo_build(
         &self,
         root: &Path,
         model: &Path,
         input: Option<&Path>,
+        hardware: bool,
     ) -> Result<Vec<PathBuf>, TargetError> {
         if let Some(first) = self.missing().first() {
             return Err(TargetError::Missing {
@@ -258,6 +261,9 @@ impl Target {
             .env("TINYKD_MODEL", absolute(model)?);
         if let Some(input) = input {
             cmd.env("TINYKD_INPUT", absolute(input)?);
+        }
+        if hardware {
+            cmd.arg("--no-default-features");
         }
         match self.kind {
             Kind::StaticLib => cmd.arg("--lib"),

@@ -39,9 +39,18 @@ pub struct RunArgs {
     /// The input (.npy, f32).
     #[arg(long)]
     input: PathBuf,
-    /// Seconds before the emulator is stopped.
+    /// Seconds before the emulator (or board) run is stopped.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// Run a firmware on a real board through a debug probe instead of QEMU:
+    /// `probe-rs run --chip CHIP` (the firmware is built for hardware: cycle
+    /// counter instead of the emulator's timer).
+    #[arg(long, value_name = "CHIP", conflicts_with = "ssh")]
+    probe: Option<String>,
+    /// Run a Linux app on a board over ssh (`user@host`) instead of QEMU:
+    /// the binary, model and input are copied to /tmp/tinykd there.
+    #[arg(long, value_name = "HOST")]
+    ssh: Option<String>,
 }
 
 /// The repository root: targets are built from its `targets/` folder.
@@ -162,7 +171,7 @@ pub fn build(a: &BuildArgs) -> Result<()> {
     let model = tinykd_runtime::Model::parse(&model_bytes)
         .with_context(|| format!("{}: the runtime does not load it", a.model.display()))?;
     let arena = model.arena_size() as u64;
-    let artifacts = t.cargo_build(&root, &a.model, a.input.as_deref())?;
+    let artifacts = t.cargo_build(&root, &a.model, a.input.as_deref(), false)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let copy = |from: &Path, name: &str| -> Result<PathBuf> {
         let to = a.out.join(name);
@@ -279,8 +288,38 @@ pub fn run(a: &RunArgs) -> Result<()> {
         .model
         .canonicalize()
         .with_context(|| format!("{}", a.model.display()))?;
-    let artifacts = t.cargo_build(&root, &model, Some(&input))?;
-    let cmd = run_command(t, &root, &artifacts[0], &model, &input);
+    match (&a.probe, &a.ssh, t.kind) {
+        (Some(_), _, Kind::Firmware) | (None, Some(_), Kind::LinuxApp) | (None, None, _) => {}
+        _ => bail!(
+            "target {}: --probe runs firmwares and --ssh Linux apps",
+            t.name
+        ),
+    }
+    let hardware = a.probe.is_some();
+    let artifacts = t.cargo_build(&root, &model, Some(&input), hardware)?;
+    let cmd = match (&a.probe, &a.ssh, t.kind) {
+        (Some(chip), _, Kind::Firmware) => vec![
+            "probe-rs".into(),
+            "run".into(),
+            "--chip".into(),
+            chip.clone(),
+            artifacts[0].display().to_string(),
+        ],
+        (None, Some(host), Kind::LinuxApp) => {
+            // The rpi crate's ssh runner copies the files and runs them there.
+            let script = root.join("targets/rpi/ssh-run.sh");
+            vec![
+                "env".into(),
+                format!("TINYKD_PI={host}"),
+                "sh".into(),
+                script.display().to_string(),
+                artifacts[0].display().to_string(),
+                model.display().to_string(),
+                input.display().to_string(),
+            ]
+        }
+        _ => run_command(t, &root, &artifacts[0], &model, &input),
+    };
     eprintln!("+ {}", cmd.join(" "));
     let (ok, text) = run_captured(t, &cmd, a.timeout)?;
     print!("{text}");
