@@ -19,8 +19,9 @@ if [[ ! -x "$tools/llvm-size" ]]; then
 fi
 
 # Ask cargo where the ELF is, so CARGO_TARGET_DIR is honoured.
-elf=$(cd "$fw" && cargo build --release --quiet --message-format=json-render-diagnostics |
-    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
+# The firmware itself (the crate also builds the `kernels` self-test).
+elf=$(cd "$fw" && cargo build --release --quiet --bin tinykd-cortex-m4 --message-format=json-render-diagnostics |
+    sed -n 's/.*"executable":"\([^"]*\/tinykd-cortex-m4\)".*/\1/p' | tail -n 1)
 [[ -n "$elf" && -f "$elf" ]] || { echo "size_report: no firmware ELF from cargo" >&2; exit 1; }
 
 echo "== sections ($(basename "$elf"), thumbv7em-none-eabihf) =="
