@@ -34,6 +34,13 @@ pub mod rvv;
 
 use generic::inner;
 
+/// Slices shorter than this take the scalar loop, inlined into the kernel:
+/// a call into a SIMD path (not inlinable across `target_feature`, plus the
+/// x86 feature check) costs more than it saves on a 7- or 14-wide conv row
+/// (measured on the DS-CNN student: SIMD on every row made the int8 conv
+/// 1.4× slower than scalar on the host).
+pub const SIMD_MIN_LEN: usize = 32;
+
 /// The inner loops of one SIMD path, each with the contract of the
 /// function of the same name in [`generic::inner`].
 macro_rules! dispatch {
@@ -87,24 +94,36 @@ pub fn simd_path() -> &'static str {
 /// `(Σ a[p]·b[p], Σ b[p])` over two int8 slices of equal length, wrapping.
 #[inline]
 pub fn dot_i8(a: &[i8], b: &[i8]) -> (i32, i32) {
+    if a.len() < SIMD_MIN_LEN {
+        return inner::dot_i8(a, b);
+    }
     dispatch!(dot_i8(a, b))
 }
 
 /// `y[j] += alpha · x[j] + bias` for every j in y (x at least as long), wrapping.
 #[inline]
 pub fn axpy_i8(y: &mut [i32], alpha: i32, x: &[i8], bias: i32) {
+    if y.len() < SIMD_MIN_LEN {
+        return inner::axpy_i8(y, alpha, x, bias);
+    }
     dispatch!(axpy_i8(y, alpha, x, bias))
 }
 
 /// `Σ a[p]·b[p]` over two f32 slices of equal length.
 #[inline]
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    if a.len() < SIMD_MIN_LEN {
+        return inner::dot_f32(a, b);
+    }
     dispatch!(dot_f32(a, b))
 }
 
 /// `y[j] += alpha · x[j]` for every j in y (x at least as long).
 #[inline]
 pub fn axpy_f32(y: &mut [f32], alpha: f32, x: &[f32]) {
+    if y.len() < SIMD_MIN_LEN {
+        return inner::axpy_f32(y, alpha, x);
+    }
     dispatch!(axpy_f32(y, alpha, x))
 }
 
