@@ -5,6 +5,7 @@
 // Errors wrap tinykd_runtime::Error, which is large by design (see there).
 #![allow(clippy::result_large_err)]
 
+pub mod bench;
 pub mod conformance;
 pub mod data;
 pub mod distill;

@@ -112,6 +112,34 @@ enum Command {
         after_help = "Examples:\n  tinykd report --write-doc docs/results.md --plot docs/compression.png\n  tinykd report --student models/students/mlp-40.toml --epochs 30 --seeds 0 --work-dir build/report-mlp --json\n\nEach step is one run of tinykd's own commands (distill, quantize, prune), kept in --work-dir with\nits JSON output; a report that is interrupted continues where it stopped when run again."
     )]
     Report(commands::report::ReportArgs),
+    /// Single-image inference latency of tinykd's runtime side by side with
+    /// tract and ONNX Runtime: same input, interleaved timed runs, median,
+    /// p10/p90, ratio to the fastest peer, memory, file size.
+    #[command(
+        after_help = "Examples:\n  tinykd bench models/demo/fashion_mlp.onnx\n  tinykd bench models/students/ds-cnn-kd.onnx models/students/ds-cnn-kd.int8.onnx --engines tinykd,ort --iters 2000 --json\n\nOne thread, batch 1. Ratios measured in one run are what to compare: absolute\nmicroseconds move with the machine's load."
+    )]
+    Bench {
+        /// ONNX models (one f32 input each).
+        #[arg(required = true)]
+        models: Vec<PathBuf>,
+        /// Engines to compare.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "tinykd,tract,ort"
+        )]
+        engines: Vec<tinykd::bench::Engine>,
+        /// Timed runs per engine (interleaved).
+        #[arg(long, default_value_t = 1000)]
+        iters: usize,
+        /// Untimed runs per engine first.
+        #[arg(long, default_value_t = 50)]
+        warmup: usize,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the deployment targets and whether this machine can build and
     /// run each (rustup target, cross linker, QEMU).
     #[command(after_help = "Examples:\n  tinykd targets\n  tinykd targets --json")]
@@ -384,6 +412,30 @@ fn bench_train(
     Ok(())
 }
 
+/// `tinykd bench`.
+fn bench(
+    models: &[PathBuf],
+    engines: &[tinykd::bench::Engine],
+    iters: usize,
+    warmup: usize,
+    json: bool,
+) -> Result<()> {
+    let cfg = tinykd::bench::BenchConfig { warmup, iters };
+    let mut results = Vec::new();
+    for m in models {
+        if !json {
+            eprintln!("bench: {} ({iters} runs per engine)", m.display());
+        }
+        results.push(tinykd::bench::bench_model(m, engines, &cfg)?);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        print!("{}", tinykd::bench::markdown_table(&results));
+    }
+    Ok(())
+}
+
 /// Keeps freed training buffers in the process. glibc returns freed
 /// megabyte-sized blocks to the kernel, and every training step then
 /// page-faults them back in (about a quarter of a step's time, measured).
@@ -440,6 +492,13 @@ fn main() -> Result<()> {
         Command::Eval(args) => eval(&args),
         Command::Quantize(args) => commands::quantize::run(&args),
         Command::Report(args) => commands::report::run(&args),
+        Command::Bench {
+            models,
+            engines,
+            iters,
+            warmup,
+            json,
+        } => bench(&models, &engines, iters, warmup, json),
         Command::Targets { json } => commands::targets::list(json),
         Command::Build(args) => commands::targets::build(&args),
         Command::Run(args) => commands::targets::run(&args),

@@ -117,8 +117,18 @@ fn environment(library: &Path) -> Result<&'static Environment, String> {
 /// An ONNX Runtime session of `bytes` with `library`: intra-op threads on
 /// every available core, the default graph optimisation level.
 pub(crate) fn session_with(library: &Path, bytes: &[u8]) -> Result<Session, String> {
-    let env = environment(library)?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    session_threads(library, bytes, threads)
+}
+
+/// An ONNX Runtime session of `bytes` with `library` and `threads` intra-op
+/// threads, the default graph optimisation level.
+pub(crate) fn session_threads(
+    library: &Path,
+    bytes: &[u8],
+    threads: usize,
+) -> Result<Session, String> {
+    let env = environment(library)?;
     Session::builder(env)
         .map_err(|e| e.to_string())?
         .with_intra_threads(threads)

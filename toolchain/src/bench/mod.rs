@@ -1,0 +1,247 @@
+//! `tinykd bench`: single-image inference latency of tinykd's runtime side
+//! by side with tract and ONNX Runtime, on the same inputs, in one process.
+//!
+//! Shared machines are noisy, so every claim is a ratio measured in one
+//! run: each engine is prepared and warmed up once, then the timed runs are
+//! interleaved (tinykd, tract, ORT, tinykd, …) so that load changes hit
+//! every engine alike; the report gives the median, p10 and p90 of each and
+//! its ratio to the fastest peer. Batch 1, one thread: what devices run.
+
+mod runners;
+
+use runners::Runner;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// An inference engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// tinykd's runtime (the one devices run).
+    Tinykd,
+    /// tract's optimized plan.
+    Tract,
+    /// ONNX Runtime (`ort` feature; the library from the venv).
+    Ort,
+}
+
+/// Errors of a benchmark; each names the model and engine.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The engine could not load or run the model.
+    #[error("{path}, {engine:?}: {reason}", path = path.display())]
+    Engine {
+        /// The model.
+        path: PathBuf,
+        /// The engine.
+        engine: Engine,
+        /// What failed.
+        reason: String,
+    },
+    /// The model cannot be read.
+    #[error("{path}: {source}", path = path.display())]
+    Read {
+        /// The model.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// How to measure.
+#[derive(Clone, Copy, Debug)]
+pub struct BenchConfig {
+    /// Untimed runs per engine before measuring.
+    pub warmup: usize,
+    /// Timed runs per engine.
+    pub iters: usize,
+}
+
+/// One engine's figures on one model.
+#[derive(Clone, Debug, Serialize)]
+pub struct EngineResult {
+    /// The engine.
+    pub engine: Engine,
+    /// Median latency, microseconds.
+    pub median_us: f64,
+    /// 10th percentile, microseconds.
+    pub p10_us: f64,
+    /// 90th percentile, microseconds.
+    pub p90_us: f64,
+    /// Median over the fastest peer's median (tract or ORT; 1.0 for the
+    /// fastest peer itself); `None` without a peer.
+    pub vs_best_peer: Option<f64>,
+    /// Memory: the arena for tinykd, resident-set growth while loading and
+    /// warming up for the others (bytes).
+    pub memory_bytes: u64,
+}
+
+/// All engines' figures on one model.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelResult {
+    /// The model file.
+    pub model: PathBuf,
+    /// Its size.
+    pub file_bytes: u64,
+    /// The input shape run (batch 1).
+    pub input_shape: Vec<usize>,
+    /// Per engine, in the order asked for.
+    pub engines: Vec<EngineResult>,
+}
+
+/// Benchmarks `path` on `engines` (see the module docs).
+pub fn bench_model(
+    path: &Path,
+    engines: &[Engine],
+    cfg: &BenchConfig,
+) -> Result<ModelResult, BenchError> {
+    let bytes = std::fs::read(path).map_err(|source| BenchError::Read {
+        path: path.into(),
+        source,
+    })?;
+    let (shape, input) = runners::input_for(path, &bytes)?;
+    let mut prepared: Vec<(Engine, Box<dyn Runner>, u64)> = Vec::new();
+    for &engine in engines {
+        let before = resident_bytes();
+        let mut r = runners::open(engine, path, &bytes, &shape, &input)?;
+        for _ in 0..cfg.warmup.max(1) {
+            r.run()?;
+        }
+        let memory = r
+            .arena_bytes()
+            .unwrap_or_else(|| resident_bytes().saturating_sub(before));
+        prepared.push((engine, r, memory));
+    }
+    let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(cfg.iters); prepared.len()];
+    for _ in 0..cfg.iters.max(1) {
+        for (k, (_, r, _)) in prepared.iter_mut().enumerate() {
+            let t = Instant::now();
+            r.run()?;
+            samples[k].push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    let mut results: Vec<EngineResult> = prepared
+        .iter()
+        .zip(&mut samples)
+        .map(|((engine, _, memory), s)| {
+            s.sort_by(f64::total_cmp);
+            EngineResult {
+                engine: *engine,
+                median_us: percentile(s, 0.5),
+                p10_us: percentile(s, 0.1),
+                p90_us: percentile(s, 0.9),
+                vs_best_peer: None,
+                memory_bytes: *memory,
+            }
+        })
+        .collect();
+    let best_peer = results
+        .iter()
+        .filter(|r| r.engine != Engine::Tinykd)
+        .map(|r| r.median_us)
+        .reduce(f64::min);
+    if let Some(best) = best_peer {
+        for r in &mut results {
+            r.vs_best_peer = Some(r.median_us / best);
+        }
+    }
+    Ok(ModelResult {
+        model: path.into(),
+        file_bytes: bytes.len() as u64,
+        input_shape: shape,
+        engines: results,
+    })
+}
+
+/// The value at fraction `q` of sorted `s` (nearest rank).
+fn percentile(s: &[f64], q: f64) -> f64 {
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((s.len() - 1) as f64 * q).round() as usize;
+    s[i.min(s.len() - 1)]
+}
+
+/// This process's resident set, from /proc (0 where there is none).
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// The results as a Markdown table: one row per model and engine.
+pub fn markdown_table(results: &[ModelResult]) -> String {
+    let mut s = String::from(
+        "| model | file bytes | engine | median µs | p10 µs | p90 µs | vs best peer | memory bytes |\n\
+         | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for m in results {
+        let name = m.model.file_name().map_or_else(
+            || m.model.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        for (i, e) in m.engines.iter().enumerate() {
+            let (model, bytes) = if i == 0 {
+                (name.clone(), m.file_bytes.to_string())
+            } else {
+                (String::new(), String::new())
+            };
+            s.push_str(&format!(
+                "| {model} | {bytes} | {:?} | {:.1} | {:.1} | {:.1} | {} | {} |\n",
+                e.engine,
+                e.median_us,
+                e.p10_us,
+                e.p90_us,
+                e.vs_best_peer
+                    .map_or("–".to_string(), |r| format!("{r:.2}×")),
+                e.memory_bytes
+            ));
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let s: Vec<f64> = (1..=11).map(f64::from).collect();
+        assert_eq!(percentile(&s, 0.5), 6.0);
+        assert_eq!(percentile(&s, 0.1), 2.0);
+        assert_eq!(percentile(&s, 0.9), 10.0);
+        assert!(percentile(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn the_demo_model_runs_on_tinykd_and_tract_with_ratios() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/demo/fashion_mlp.onnx");
+        let cfg = BenchConfig {
+            warmup: 2,
+            iters: 5,
+        };
+        let r = bench_model(&path, &[Engine::Tinykd, Engine::Tract], &cfg).unwrap();
+        assert_eq!(r.input_shape, [1, 784]);
+        assert_eq!(r.engines.len(), 2);
+        let tract = &r.engines[1];
+        assert_eq!(tract.vs_best_peer, Some(1.0));
+        let ours = &r.engines[0];
+        assert!(
+            ours.median_us > 0.0 && ours.p10_us <= ours.median_us && ours.median_us <= ours.p90_us
+        );
+        assert_eq!(
+            ours.memory_bytes, 6192,
+            "the runtime's arena for the demo MLP"
+        );
+        let table = markdown_table(&[r]);
+        assert_eq!(table.lines().count(), 4, "{table}");
+        let err = bench_model(Path::new("/nonexistent.onnx"), &[Engine::Tinykd], &cfg).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent.onnx"), "{err}");
+    }
+}
