@@ -193,6 +193,11 @@ pub fn markdown_table(rows: &[Row], baseline: usize) -> String {
             grouped(first.parameters)
         };
         let latency = mean_std(r.seeds.iter().map(|m| m.latency_us)).0;
+        // Rounds to 0 like the means do, so the baseline never reads "-0.00".
+        let diff = match mean - base {
+            d if d.abs() < 0.005 => 0.0,
+            d => d,
+        };
         let ort = r
             .seeds
             .iter()
@@ -200,9 +205,8 @@ pub fn markdown_table(rows: &[Row], baseline: usize) -> String {
             .reduce(f64::min)
             .map_or("–".to_string(), |min| format!("≥ {:.3} %", 100.0 * min));
         s.push_str(&format!(
-            "| {} | {mean:.2} ± {std:.2} | {:+.2} | {params} | {} | {} | {latency:.0} | {ort} |\n",
+            "| {} | {mean:.2} ± {std:.2} | {diff:+.2} | {params} | {} | {} | {latency:.0} | {ort} |\n",
             r.label,
-            mean - base,
             grouped(first.file_bytes),
             grouped(first.arena_bytes),
         ));

@@ -195,7 +195,7 @@ pub struct SizePoint {
     pub std: f64,
 }
 
-/// Draws accuracy (%) against file size (bytes, log scale) as an
+/// Draws accuracy (%) against file size (bytes) as an
 /// [`ACCURACY_SIZE_SIZE`] PNG at `path`, one colored marker with an error
 /// bar per model and a legend naming them.
 pub fn accuracy_vs_size_png(
@@ -228,10 +228,9 @@ fn draw_accuracy_vs_size<DB: DrawingBackend>(
     let fold = |f: fn(f64, f64) -> f64, init: f64, v: &dyn Fn(&SizePoint) -> f64| {
         points.iter().map(|p| v(p)).fold(init, f)
     };
-    let (kb_lo, kb_hi) = (
-        fold(f64::min, f64::INFINITY, &|p| p.bytes) / 1.4,
-        fold(f64::max, 0.0, &|p| p.bytes) * 1.4,
-    );
+    // A linear axis from 0: compressed models differ by small factors, and
+    // a log axis over less than a decade gets a single tick label.
+    let bytes_hi = fold(f64::max, 0.0, &|p| p.bytes) * 1.08;
     let acc_lo = fold(f64::min, f64::INFINITY, &|p| p.accuracy - p.std);
     let acc_hi = fold(f64::max, f64::NEG_INFINITY, &|p| p.accuracy + p.std);
     let pad = ((acc_hi - acc_lo) * 0.08).max(0.2);
@@ -241,10 +240,10 @@ fn draw_accuracy_vs_size<DB: DrawingBackend>(
         .margin(14)
         .x_label_area_size(45)
         .y_label_area_size(65)
-        .build_cartesian_2d((kb_lo..kb_hi).log_scale(), acc_lo - pad..acc_hi + pad)?;
+        .build_cartesian_2d(0.0..bytes_hi, acc_lo - pad..acc_hi + pad)?;
     chart
         .configure_mesh()
-        .x_desc("model file (bytes, log scale)")
+        .x_desc("model file")
         .y_desc("test accuracy (%)")
         .x_labels(8)
         .y_labels(8)
