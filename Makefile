@@ -15,7 +15,7 @@ DEMO_OUT        := $(BUILD)/demo
 # ONNX Runtime, loaded at run time from the onnxruntime wheel in .venv.
 FEATURES        := --features tinykd/ort
 
-.PHONY: teacher results report cross-targets setup build test demo conformance run-conformance crosscheck-data fmt-check no-std firmware ops-doc size bench-train bench-peers train-parity clean
+.PHONY: teacher results report bench cross-targets setup build test demo conformance run-conformance crosscheck-data fmt-check no-std firmware ops-doc size bench-train bench-peers train-parity clean
 
 setup:
 	@bash scripts/setup.sh
@@ -97,6 +97,27 @@ results: build
 # are kept in build/report/, so an interrupted run continues).
 report: build
 	$(TINYKD) report --write-doc docs/results.md --plot docs/compression.png
+
+# Inference latency, tinykd vs tract vs ONNX Runtime (1 thread, batch 1,
+# interleaved), written to bench/results.{json,md,png}. The suite: Hinton's
+# 784-800-800-10 MLP, the demo 784-128-10 MLP, the CNN teacher, the KD
+# students (MLP 784-40-10, DS-CNN), each in f32 and int8 QDQ. Latency does
+# not depend on the weights, so the MLPs are trained for one short epoch.
+BENCH_DIR := $(BUILD)/bench
+BENCH_MODELS := $(BENCH_DIR)/mlp-800.onnx $(BENCH_DIR)/mlp-800.int8.onnx \
+	$(DEMO_MODEL) $(BENCH_DIR)/fashion_mlp.int8.onnx \
+	$(TEACHER) $(BENCH_DIR)/cnn.int8.onnx \
+	$(BENCH_DIR)/mlp-40.onnx $(BENCH_DIR)/mlp-40.int8.onnx \
+	models/students/ds-cnn-kd.onnx models/students/ds-cnn-kd.int8.onnx
+bench: build
+	@mkdir -p $(BENCH_DIR)
+	@[ -f $(BENCH_DIR)/mlp-800.onnx ] || $(TINYKD) train --arch mlp --epochs 1 --limit 5000 --out $(BENCH_DIR)/mlp-800.onnx
+	@[ -f $(BENCH_DIR)/mlp-40.onnx ] || $(TINYKD) train --arch models/students/mlp-40.toml --epochs 1 --limit 5000 --out $(BENCH_DIR)/mlp-40.onnx
+	@for m in $(BENCH_DIR)/mlp-800 $(BENCH_DIR)/mlp-40; do \
+		[ -f $$m.int8.onnx ] || $(TINYKD) quantize $$m.onnx --calib-size 200 --eval-limit 0 --out $$m.int8.onnx || exit 1; done
+	@[ -f $(BENCH_DIR)/fashion_mlp.int8.onnx ] || $(TINYKD) quantize $(DEMO_MODEL) --calib-size 200 --eval-limit 0 --out $(BENCH_DIR)/fashion_mlp.int8.onnx
+	@[ -f $(BENCH_DIR)/cnn.int8.onnx ] || $(TINYKD) quantize $(TEACHER) --calib-size 100 --eval-limit 0 --out $(BENCH_DIR)/cnn.int8.onnx
+	$(TINYKD) bench $(BENCH_MODELS) --iters 300 --out-dir bench
 
 # Regenerates docs/ops.md from the conformance run.
 ops-doc: conformance

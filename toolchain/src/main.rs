@@ -136,6 +136,9 @@ enum Command {
         /// Untimed runs per engine first.
         #[arg(long, default_value_t = 50)]
         warmup: usize,
+        /// Also write results.json, results.md and results.png here.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
         /// Print JSON instead of the table.
         #[arg(long)]
         json: bool,
@@ -418,6 +421,7 @@ fn bench(
     engines: &[tinykd::bench::Engine],
     iters: usize,
     warmup: usize,
+    out_dir: Option<&Path>,
     json: bool,
 ) -> Result<()> {
     let cfg = tinykd::bench::BenchConfig { warmup, iters };
@@ -428,10 +432,20 @@ fn bench(
         }
         results.push(tinykd::bench::bench_model(m, engines, &cfg)?);
     }
+    if let Some(dir) = out_dir {
+        let machine = format!(
+            "{} logical CPUs, runtime kernels {}",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            tinykd_runtime::kernels::simd_path()
+        );
+        tinykd::bench::write_results(dir, &results, &machine)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", dir.display()))?;
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else {
         print!("{}", tinykd::bench::markdown_table(&results));
+        print!("{}", tinykd::bench::arena_table(&results));
     }
     Ok(())
 }
@@ -497,8 +511,9 @@ fn main() -> Result<()> {
             engines,
             iters,
             warmup,
+            out_dir,
             json,
-        } => bench(&models, &engines, iters, warmup, json),
+        } => bench(&models, &engines, iters, warmup, out_dir.as_deref(), json),
         Command::Targets { json } => commands::targets::list(json),
         Command::Build(args) => commands::targets::build(&args),
         Command::Run(args) => commands::targets::run(&args),

@@ -11,8 +11,9 @@ pub mod compression;
 pub mod plot;
 
 pub use plot::{
-    accuracy_vs_size_png, confusion_png, training_curves_png, PlotError, SizePoint,
-    ACCURACY_SIZE_SIZE, CONFUSION_SIZE, FONT_PATH, TRAINING_CURVES_SIZE,
+    accuracy_vs_size_png, confusion_png, latency_bars_png, training_curves_png, BarGroup,
+    PlotError, SizePoint, ACCURACY_SIZE_SIZE, CONFUSION_SIZE, FONT_PATH, LATENCY_BARS_SIZE,
+    TRAINING_CURVES_SIZE,
 };
 
 /// Replaces the `## {title}` section of the Markdown file at `path` (up to

@@ -25,6 +25,8 @@ pub const TRAINING_CURVES_SIZE: (u32, u32) = (1200, 450);
 pub const CONFUSION_SIZE: (u32, u32) = (900, 860);
 /// Width and height of [`accuracy_vs_size_png`]'s image.
 pub const ACCURACY_SIZE_SIZE: (u32, u32) = (1200, 650);
+/// Width and height of [`latency_bars_png`]'s image.
+pub const LATENCY_BARS_SIZE: (u32, u32) = (1200, 600);
 
 /// The family name the font is registered under in plotters.
 const FAMILY: &str = "sans-serif";
@@ -277,6 +279,97 @@ fn draw_accuracy_vs_size<DB: DrawingBackend>(
         ))?;
     }
     Ok(())
+}
+
+/// One group of [`latency_bars_png`]: a model and each engine's latency.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BarGroup {
+    /// The model's name under its group.
+    pub label: String,
+    /// `(engine, microseconds)`, one bar each, in legend order.
+    pub bars: Vec<(String, f64)>,
+}
+
+/// Draws grouped bars of latency (µs, log scale), one group per model and
+/// one colour per engine, as a [`LATENCY_BARS_SIZE`] PNG at `path`.
+pub fn latency_bars_png(path: &Path, title: &str, groups: &[BarGroup]) -> Result<(), PlotError> {
+    let values: Vec<f64> = groups
+        .iter()
+        .flat_map(|g| g.bars.iter().map(|b| b.1))
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .collect();
+    if values.is_empty() {
+        return Err(PlotError::Empty {
+            path: path.into(),
+            what: "set of latencies",
+        });
+    }
+    write_png(path, LATENCY_BARS_SIZE, |root| {
+        draw_latency_bars(root, title, groups, &values)
+    })
+}
+
+fn draw_latency_bars<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    groups: &[BarGroup],
+    values: &[f64],
+) -> AreaResult<DB> {
+    root.fill(&WHITE)?;
+    let root = root.titled(title, (FAMILY, 22))?;
+    let lo = values.iter().copied().fold(f64::INFINITY, f64::min) / 2.0;
+    let hi = values.iter().copied().fold(0.0, f64::max) * 2.0;
+    let mut engines: Vec<&str> = Vec::new();
+    for g in groups {
+        for (e, _) in &g.bars {
+            if !engines.contains(&e.as_str()) {
+                engines.push(e);
+            }
+        }
+    }
+    let n = groups.len() as f64;
+    let mut chart = ChartBuilder::on(&root)
+        .margin(14)
+        .x_label_area_size(60)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..n, (lo..hi).log_scale())?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(groups.len().max(1) * 2 + 1)
+        .x_label_formatter(&|x| {
+            // Labels sit at the middle of each group.
+            let i = x.floor() as usize;
+            match groups.get(i) {
+                Some(g) if (x - x.floor() - 0.5).abs() < 1e-6 => g.label.clone(),
+                _ => String::new(),
+            }
+        })
+        .y_desc("median latency, µs (log scale)")
+        .label_style((FAMILY, 13))
+        .axis_desc_style((FAMILY, 15))
+        .draw()?;
+    let width = 0.8 / engines.len().max(1) as f64;
+    for (k, engine) in engines.iter().enumerate() {
+        let color = MARKER_COLORS[k % MARKER_COLORS.len()];
+        let bars = groups.iter().enumerate().filter_map(|(i, g)| {
+            let v = g.bars.iter().find(|(e, _)| e == engine)?.1;
+            let x0 = i as f64 + 0.1 + k as f64 * width;
+            (v.is_finite() && v > 0.0)
+                .then(|| Rectangle::new([(x0, lo), (x0 + width * 0.9, v)], color.filled()))
+        });
+        chart
+            .draw_series(bars)?
+            .label(engine.to_string())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font((FAMILY, 14))
+        .draw()
 }
 
 /// Distinct marker colors (Tableau 20's saturated half, then its light half).
