@@ -103,6 +103,8 @@ report: build
 # 784-800-800-10 MLP, the demo 784-128-10 MLP, the CNN teacher, the KD
 # students (MLP 784-40-10, DS-CNN), each in f32 and int8 QDQ. Latency does
 # not depend on the weights, so the MLPs are trained for one short epoch.
+# Then the MCU instruction counts (Cortex-M4 DSP vs scalar, riscv32) under
+# QEMU: bench/mcu.{md,json}.
 BENCH_DIR := $(BUILD)/bench
 BENCH_MODELS := $(BENCH_DIR)/mlp-800.onnx $(BENCH_DIR)/mlp-800.int8.onnx \
 	$(DEMO_MODEL) $(BENCH_DIR)/fashion_mlp.int8.onnx \
@@ -118,6 +120,8 @@ bench: build
 	@[ -f $(BENCH_DIR)/fashion_mlp.int8.onnx ] || $(TINYKD) quantize $(DEMO_MODEL) --calib-size 200 --eval-limit 0 --out $(BENCH_DIR)/fashion_mlp.int8.onnx
 	@[ -f $(BENCH_DIR)/cnn.int8.onnx ] || $(TINYKD) quantize $(TEACHER) --calib-size 100 --eval-limit 0 --out $(BENCH_DIR)/cnn.int8.onnx
 	$(TINYKD) bench $(BENCH_MODELS) --iters 300 --out-dir bench
+	$(PYTHON) scripts/mcu_counts.py $(DEMO_MODEL) $(BENCH_DIR)/mlp-40.int8.onnx \
+		models/students/ds-cnn-kd.int8.onnx models/students/ds-cnn-kd.onnx
 
 # Regenerates docs/ops.md from the conformance run.
 ops-doc: conformance

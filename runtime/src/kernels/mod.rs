@@ -34,12 +34,14 @@ pub mod rvv;
 
 use generic::inner;
 
-/// Slices shorter than this take the scalar loop, inlined into the kernel:
-/// a call into a SIMD path (not inlinable across `target_feature`, plus the
-/// x86 feature check) costs more than it saves on a 7- or 14-wide conv row
-/// (measured on the DS-CNN student: SIMD on every row made the int8 conv
-/// 1.4× slower than scalar on the host).
-pub const SIMD_MIN_LEN: usize = 32;
+/// On x86_64, slices shorter than this take the scalar loop, inlined into
+/// the kernel: a call into the AVX2 path (not inlinable across
+/// `target_feature`, plus the run-time feature check) costs more than it
+/// saves on a 7- or 14-wide conv row (measured on the DS-CNN student: AVX2 on
+/// every row made the int8 conv 1.4× slower than scalar). Elsewhere the SIMD
+/// paths win even on short rows (Cortex-M4 DSP: 28.8M vs 30.0M instructions
+/// for the int8 DS-CNN), so the threshold is 0.
+pub const SIMD_MIN_LEN: usize = if cfg!(target_arch = "x86_64") { 32 } else { 0 };
 
 /// The inner loops of one SIMD path, each with the contract of the
 /// function of the same name in [`generic::inner`].
