@@ -40,8 +40,14 @@ use generic::inner;
 /// saves on a 7- or 14-wide conv row (measured on the DS-CNN student: AVX2 on
 /// every row made the int8 conv 1.4× slower than scalar). Elsewhere the SIMD
 /// paths win even on short rows (Cortex-M4 DSP: 28.8M vs 30.0M instructions
-/// for the int8 DS-CNN), so the threshold is 0.
-pub const SIMD_MIN_LEN: usize = if cfg!(target_arch = "x86_64") { 32 } else { 0 };
+/// for the int8 DS-CNN), so it applies on x86_64 only.
+pub const SIMD_MIN_LEN: usize = 32;
+
+/// Whether a slice of `len` stays on the inlined scalar loop (see [`SIMD_MIN_LEN`]).
+#[inline(always)]
+fn short(len: usize) -> bool {
+    cfg!(target_arch = "x86_64") && len < SIMD_MIN_LEN
+}
 
 /// The inner loops of one SIMD path, each with the contract of the
 /// function of the same name in [`generic::inner`].
@@ -96,7 +102,7 @@ pub fn simd_path() -> &'static str {
 /// `(Σ a[p]·b[p], Σ b[p])` over two int8 slices of equal length, wrapping.
 #[inline]
 pub fn dot_i8(a: &[i8], b: &[i8]) -> (i32, i32) {
-    if a.len() < SIMD_MIN_LEN {
+    if short(a.len()) {
         return inner::dot_i8(a, b);
     }
     dispatch!(dot_i8(a, b))
@@ -105,7 +111,7 @@ pub fn dot_i8(a: &[i8], b: &[i8]) -> (i32, i32) {
 /// `y[j] += alpha · x[j] + bias` for every j in y (x at least as long), wrapping.
 #[inline]
 pub fn axpy_i8(y: &mut [i32], alpha: i32, x: &[i8], bias: i32) {
-    if y.len() < SIMD_MIN_LEN {
+    if short(y.len()) {
         return inner::axpy_i8(y, alpha, x, bias);
     }
     dispatch!(axpy_i8(y, alpha, x, bias))
@@ -114,7 +120,7 @@ pub fn axpy_i8(y: &mut [i32], alpha: i32, x: &[i8], bias: i32) {
 /// `Σ a[p]·b[p]` over two f32 slices of equal length.
 #[inline]
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    if a.len() < SIMD_MIN_LEN {
+    if short(a.len()) {
         return inner::dot_f32(a, b);
     }
     dispatch!(dot_f32(a, b))
@@ -123,7 +129,7 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 /// `y[j] += alpha · x[j]` for every j in y (x at least as long).
 #[inline]
 pub fn axpy_f32(y: &mut [f32], alpha: f32, x: &[f32]) {
-    if y.len() < SIMD_MIN_LEN {
+    if short(y.len()) {
         return inner::axpy_f32(y, alpha, x);
     }
     dispatch!(axpy_f32(y, alpha, x))
