@@ -104,7 +104,8 @@ report: build
 # students (MLP 784-40-10, DS-CNN), each in f32 and int8 QDQ. Latency does
 # not depend on the weights, so the MLPs are trained for one short epoch.
 # Then the MCU instruction counts (Cortex-M4 DSP vs scalar, riscv32) under
-# QEMU: bench/mcu.{md,json}.
+# QEMU: bench/mcu.{md,json}; and the kernels' inner loops, SIMD vs scalar
+# (criterion): bench/kernels.txt.
 BENCH_DIR := $(BUILD)/bench
 BENCH_MODELS := $(BENCH_DIR)/mlp-800.onnx $(BENCH_DIR)/mlp-800.int8.onnx \
 	$(DEMO_MODEL) $(BENCH_DIR)/fashion_mlp.int8.onnx \
@@ -122,6 +123,9 @@ bench: build
 	$(TINYKD) bench $(BENCH_MODELS) --iters 300 --out-dir bench
 	$(PYTHON) scripts/mcu_counts.py $(DEMO_MODEL) $(BENCH_DIR)/mlp-40.int8.onnx \
 		models/students/ds-cnn-kd.int8.onnx models/students/ds-cnn-kd.onnx
+	$(CARGO) bench -p tinykd-runtime --features std --bench kernels -- \
+		--warm-up-time 0.3 --measurement-time 0.7 | grep -E '^n=' > bench/kernels.txt.tmp
+	mv bench/kernels.txt.tmp bench/kernels.txt
 
 # Regenerates docs/ops.md from the conformance run.
 ops-doc: conformance
