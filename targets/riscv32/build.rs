@@ -52,7 +52,7 @@ fn run_on_host(model_path: &Path, input: &[f32]) -> Vec<f32> {
     let in_len = model.inputs().next().map_or(0, |v| v.len());
     let out_len = model.outputs().next().map_or(0, |v| v.len());
     assert!(
-        in_len > 0 && input.len() % in_len == 0,
+        in_len > 0 && input.len().is_multiple_of(in_len),
         "the input holds {} values, not a whole number of the model's {in_len}-value images",
         input.len()
     );

@@ -75,7 +75,7 @@ fn main() -> ! {
     }
     let out_len = model.outputs().next().map_or(0, |v| v.len());
     let in_len = model.inputs().next().map_or(0, |v| v.len());
-    if in_len == 0 || INPUT.len() % in_len != 0 {
+    if in_len == 0 || !INPUT.len().is_multiple_of(in_len) {
         fail(format_args!(
             "the input holds {} values, not a whole number of {in_len}-value images",
             INPUT.len()
