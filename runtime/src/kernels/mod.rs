@@ -170,8 +170,9 @@ pub(crate) mod check {
     pub const LENGTHS: [usize; 14] = [0, 1, 3, 7, 8, 15, 16, 17, 31, 32, 33, 64, 100, 1000];
 
     /// `dot_i8` and `axpy_i8` equal the reference bit for bit, including
-    /// the extremes (−128·−128 sums) and misaligned slices; `dot_f32` and
-    /// `axpy_f32` within 1e-5 relative.
+    /// the extremes (−128·−128 sums that overflow int32), long slices and
+    /// slices misaligned alike and differently; `dot_f32` and `axpy_f32`
+    /// within 1e-5 relative.
     pub fn against_reference(
         dot_i8: fn(&[i8], &[i8]) -> (i32, i32),
         axpy_i8: fn(&mut [i32], i32, &[i8], i32),
@@ -232,6 +233,72 @@ pub(crate) mod check {
                     axpy_i8(&mut short, 2, a, 1);
                     inner::axpy_i8(&mut short_ref, 2, a, 1);
                     assert_eq!(short, short_ref);
+                }
+            }
+        }
+        long_slices(dot_i8, axpy_i8, dot_f32, axpy_f32);
+        // 2^17 products of 16384 overflow int32: the sums must wrap exactly.
+        let m = vec![i8::MIN; 1 << 17];
+        assert_eq!(dot_i8(&m, &m), inner::dot_i8(&m, &m), "2^17 × −128²");
+        misaligned_differently(dot_i8, axpy_i8);
+    }
+
+    /// Several unrolled blocks plus tails, and outputs shorter than inputs.
+    fn long_slices(
+        dot_i8: fn(&[i8], &[i8]) -> (i32, i32),
+        axpy_i8: fn(&mut [i32], i32, &[i8], i32),
+        dot_f32: fn(&[f32], &[f32]) -> f32,
+        axpy_f32: fn(&mut [f32], f32, &[f32]),
+    ) {
+        for n in [4096, 4099, 65_536 + 21] {
+            let a = fill_i8(n as u64, n);
+            let b = fill_i8(n as u64 + 1, n);
+            assert_eq!(dot_i8(&a, &b), inner::dot_i8(&a, &b), "n={n}");
+            let m = vec![i8::MIN; n];
+            assert_eq!(dot_i8(&m, &m), inner::dot_i8(&m, &m), "−128s n={n}");
+            for len in [n, n - 1, n - 17, n / 2 + 3] {
+                let mut got: Vec<i32> = (0..len as i32).map(|v| v.wrapping_mul(7919)).collect();
+                let mut want = got.clone();
+                axpy_i8(&mut got, i32::MIN + 3, &a, 12_345);
+                inner::axpy_i8(&mut want, i32::MIN + 3, &a, 12_345);
+                assert_eq!(got, want, "axpy_i8 n={n} len={len}");
+                let x = fill_f32(n as u64, n);
+                let mut got = fill_f32(len as u64, len);
+                let mut want = got.clone();
+                axpy_f32(&mut got, 0.5, &x);
+                inner::axpy_f32(&mut want, 0.5, &x);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                        "axpy_f32 n={n} len={len}"
+                    );
+                }
+            }
+            let (x, z) = (fill_f32(n as u64, n), fill_f32(n as u64 + 1, n));
+            let scale: f32 = x.iter().zip(&z).map(|(p, q)| (p * q).abs()).sum();
+            let (got, want) = (dot_f32(&x, &z), inner::dot_f32(&x, &z));
+            assert!((got - want).abs() <= 1e-5 * scale.max(1.0), "dot_f32 n={n}");
+        }
+    }
+
+    /// The two operands misaligned each on its own (the loop above offsets
+    /// both alike), for the paths that align one of them first.
+    fn misaligned_differently(
+        dot_i8: fn(&[i8], &[i8]) -> (i32, i32),
+        axpy_i8: fn(&mut [i32], i32, &[i8], i32),
+    ) {
+        let a = fill_i8(11, 300);
+        let b = fill_i8(12, 300);
+        for oa in 0..4 {
+            for ob in 0..4 {
+                for n in [0, 1, 5, 15, 16, 17, 33, 64, 255] {
+                    let (x, w) = (&a[oa..oa + n], &b[ob..ob + n]);
+                    assert_eq!(dot_i8(x, w), inner::dot_i8(x, w), "n={n} +{oa} +{ob}");
+                    let mut got: Vec<i32> = (0..n as i32).map(|v| v * 77_777).collect();
+                    let mut want = got.clone();
+                    axpy_i8(&mut got, -128, x, i32::MAX);
+                    inner::axpy_i8(&mut want, -128, x, i32::MAX);
+                    assert_eq!(got, want, "axpy n={n} +{oa}");
                 }
             }
         }

@@ -227,9 +227,6 @@ unsafe fn axpy_f32_avx2(y: &mut [f32], alpha: f32, x: &[f32]) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::check;
-    use super::super::generic::inner;
-
     #[test]
     fn matches_the_scalar_reference() {
         super::super::check::against_reference(
@@ -244,101 +241,5 @@ mod tests {
     fn available_follows_the_cpu() {
         let has = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
         assert_eq!(super::available(), has);
-    }
-
-    #[test]
-    fn long_slices_and_short_outputs_match() {
-        for n in [4096, 4099, 65_536 + 21] {
-            let a = check::fill_i8(n as u64, n);
-            let b = check::fill_i8(n as u64 + 1, n);
-            assert_eq!(super::dot_i8(&a, &b), inner::dot_i8(&a, &b), "n={n}");
-            let m = vec![i8::MIN; n];
-            assert_eq!(super::dot_i8(&m, &m), inner::dot_i8(&m, &m), "−128s n={n}");
-            for len in [n, n - 1, n - 17, n / 2 + 3] {
-                let mut got: Vec<i32> = (0..len as i32).map(|v| v.wrapping_mul(7919)).collect();
-                let mut want = got.clone();
-                super::axpy_i8(&mut got, i32::MIN + 3, &a, 12_345);
-                inner::axpy_i8(&mut want, i32::MIN + 3, &a, 12_345);
-                assert_eq!(got, want, "axpy_i8 n={n} len={len}");
-                let x = check::fill_f32(n as u64, n);
-                let mut got = check::fill_f32(len as u64, len);
-                let mut want = got.clone();
-                super::axpy_f32(&mut got, 0.5, &x);
-                inner::axpy_f32(&mut want, 0.5, &x);
-                for (g, w) in got.iter().zip(&want) {
-                    assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0));
-                }
-                assert!(got.len() == len);
-            }
-            let (x, z) = (
-                check::fill_f32(n as u64, n),
-                check::fill_f32(n as u64 + 1, n),
-            );
-            let scale: f32 = x.iter().zip(&z).map(|(p, q)| (p * q).abs()).sum();
-            let (got, want) = (super::dot_f32(&x, &z), inner::dot_f32(&x, &z));
-            assert!((got - want).abs() <= 1e-5 * scale.max(1.0), "dot_f32 n={n}");
-        }
-    }
-
-    /// Nanoseconds per call of `f`, the median of five runs of `reps` calls.
-    fn ns_per_call(reps: u32, mut f: impl FnMut()) -> f64 {
-        let mut runs: Vec<f64> = (0..5)
-            .map(|_| {
-                let t = std::time::Instant::now();
-                for _ in 0..reps {
-                    f();
-                }
-                t.elapsed().as_nanos() as f64 / f64::from(reps)
-            })
-            .collect();
-        runs.sort_by(f64::total_cmp);
-        runs[2]
-    }
-
-    /// Run with `cargo test --release -- --ignored --nocapture`.
-    #[test]
-    #[ignore = "timing, not a check"]
-    fn speed_against_the_scalar_reference() {
-        use core::hint::black_box;
-        const N: usize = 1024;
-        const REPS: u32 = 100_000;
-        let (a, b) = (check::fill_i8(1, N), check::fill_i8(2, N));
-        let (x, z) = (check::fill_f32(3, N), check::fill_f32(4, N));
-        let mut yi = vec![0i32; N];
-        let mut yf = vec![0f32; N];
-        let report = |name: &str, scalar: f64, simd: f64| {
-            println!(
-                "{name:9} n={N}: scalar {scalar:8.1} ns, avx2 {simd:8.1} ns, ×{:.1}",
-                scalar / simd
-            );
-        };
-        let s = ns_per_call(REPS, || {
-            black_box(inner::dot_i8(black_box(&a), black_box(&b)));
-        });
-        let v = ns_per_call(REPS, || {
-            black_box(super::dot_i8(black_box(&a), black_box(&b)));
-        });
-        report("dot_i8", s, v);
-        let s = ns_per_call(REPS, || {
-            inner::axpy_i8(black_box(&mut yi), black_box(3), black_box(&a), 1);
-        });
-        let v = ns_per_call(REPS, || {
-            super::axpy_i8(black_box(&mut yi), black_box(3), black_box(&a), 1);
-        });
-        report("axpy_i8", s, v);
-        let s = ns_per_call(REPS, || {
-            black_box(inner::dot_f32(black_box(&x), black_box(&z)));
-        });
-        let v = ns_per_call(REPS, || {
-            black_box(super::dot_f32(black_box(&x), black_box(&z)));
-        });
-        report("dot_f32", s, v);
-        let s = ns_per_call(REPS, || {
-            inner::axpy_f32(black_box(&mut yf), black_box(1e-3), black_box(&x));
-        });
-        let v = ns_per_call(REPS, || {
-            super::axpy_f32(black_box(&mut yf), black_box(1e-3), black_box(&x));
-        });
-        report("axpy_f32", s, v);
     }
 }
