@@ -104,8 +104,10 @@ report: build
 # students (MLP 784-40-10, DS-CNN), each in f32 and int8 QDQ. Latency does
 # not depend on the weights, so the MLPs are trained for one short epoch.
 # Then the MCU instruction counts (Cortex-M4 DSP vs scalar, riscv32) under
-# QEMU: bench/mcu.{md,json}; and the kernels' inner loops, SIMD vs scalar
-# (criterion): bench/kernels.txt.
+# QEMU: bench/mcu.{md,json}; the Linux targets' instruction counts, SIMD vs
+# scalar kernels, under QEMU user mode: bench/linux.{md,json}; the kernels'
+# inner loops, SIMD vs scalar (criterion): bench/kernels.txt; and the
+# runtime's code size on the Cortex-M4 for the demo MLP: bench/size.txt.
 BENCH_DIR := $(BUILD)/bench
 BENCH_MODELS := $(BENCH_DIR)/mlp-800.onnx $(BENCH_DIR)/mlp-800.int8.onnx \
 	$(DEMO_MODEL) $(BENCH_DIR)/fashion_mlp.int8.onnx \
@@ -120,19 +122,27 @@ bench: build
 		[ -f $$m.int8.onnx ] || $(TINYKD) quantize $$m.onnx --calib-size 200 --eval-limit 0 --out $$m.int8.onnx || exit 1; done
 	@[ -f $(BENCH_DIR)/fashion_mlp.int8.onnx ] || $(TINYKD) quantize $(DEMO_MODEL) --calib-size 200 --eval-limit 0 --out $(BENCH_DIR)/fashion_mlp.int8.onnx
 	@[ -f $(BENCH_DIR)/cnn.int8.onnx ] || $(TINYKD) quantize $(TEACHER) --calib-size 100 --eval-limit 0 --out $(BENCH_DIR)/cnn.int8.onnx
-	$(TINYKD) bench $(BENCH_MODELS) --iters 300 --out-dir bench
+	$(TINYKD) bench $(BENCH_MODELS) --iters 300 --out-dir bench --summary README.md
 	$(PYTHON) scripts/mcu_counts.py $(DEMO_MODEL) $(BENCH_DIR)/mlp-40.int8.onnx \
 		models/students/ds-cnn-kd.int8.onnx models/students/ds-cnn-kd.onnx
+	$(PYTHON) scripts/linux_counts.py --out-dir bench
 	$(CARGO) bench -p tinykd-runtime --features std --bench kernels -- \
 		--warm-up-time 0.3 --measurement-time 0.7 | grep -E '^n=' > bench/kernels.txt.tmp
 	mv bench/kernels.txt.tmp bench/kernels.txt
+	$(PYTHON) scripts/code_size.py $(SIZE_MLP) > bench/size.txt.tmp
+	mv bench/size.txt.tmp bench/size.txt
 
 # Regenerates docs/ops.md from the conformance run.
 ops-doc: conformance
 	cp $(BUILD)/ops.md docs/ops.md
 
+# Runtime code on the Cortex-M4 for the demo MLP, built as a product would
+# be: opt-level z, only the model's op families (`tinykd build` picks them
+# the same way). All ops at opt-level 3 for comparison: see bench/size.txt.
+SIZE_MLP := --model $(DEMO_MODEL) --profile release-size --no-default-features \
+	--features qemu,messages,op-gemm,op-activation
 size: setup
-	bash scripts/size_report.sh
+	$(PYTHON) scripts/code_size.py $(SIZE_MLP)
 
 # Optional peer for the training benchmark (never part of `make test`):
 # TensorFlow-CPU in its own venv, so bench-train measures it in the same run.

@@ -4,7 +4,6 @@
 use crate::proto::onnx::ProtoError;
 use crate::proto::wire::WireError;
 use crate::tensor::DType;
-use core::fmt::Write;
 
 /// A value, node or op name, truncated to fit without allocation.
 pub type Name = heapless::String<48>;
@@ -39,8 +38,24 @@ impl At {
     /// Names node `index` (`node_name` may be empty) running `op`.
     pub fn node(index: usize, node_name: &str, op: &str) -> At {
         let node = if node_name.is_empty() {
+            // Digit by digit rather than `write!`: loading a model must not
+            // pull `core::fmt` into a firmware that never prints an error.
+            let mut digits = [0u8; 20];
+            let mut start = digits.len();
+            let mut rest = index;
+            loop {
+                start -= 1;
+                digits[start] = b'0' + (rest % 10) as u8;
+                rest /= 10;
+                if rest == 0 {
+                    break;
+                }
+            }
             let mut n = Name::new();
-            let _ = write!(n, "#{index}");
+            let _ = n.push('#');
+            for &d in &digits[start..] {
+                let _ = n.push(char::from(d));
+            }
             n
         } else {
             name(node_name)
@@ -227,5 +242,19 @@ impl From<ProtoError> for Error {
             message: e.message,
             reason: WireErrorText(e.error),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unnamed_nodes_are_named_by_index() {
+        assert_eq!(At::node(0, "", "Relu").node, "#0");
+        assert_eq!(At::node(1234, "", "Relu").node, "#1234");
+        let max = At::node(usize::MAX, "", "Relu").node;
+        assert_eq!(max.as_str(), format!("#{}", usize::MAX));
+        assert_eq!(At::node(7, "fc1", "Gemm").node, "fc1");
     }
 }

@@ -21,6 +21,7 @@
 extern crate alloc;
 
 pub mod error;
+#[cfg(feature = "op-quant")]
 pub mod fuse;
 pub mod kernels;
 pub mod limits;

@@ -299,8 +299,11 @@ impl<'a> Model<'a> {
         self.read_inputs(&graph, bindings)?;
         self.read_nodes(&graph)?;
         self.read_outputs(&graph)?;
+        #[cfg(any(feature = "op-activation", feature = "op-sigmoid"))]
         self.fuse_activations();
+        // Without `op-quant` no DequantizeLinear loads: nothing to rewrite.
         if options.fuse_qdq {
+            #[cfg(feature = "op-quant")]
             self.fuse_qdq();
         }
         planner::plan_into(self)
@@ -571,6 +574,7 @@ impl<'a> Model<'a> {
 
     /// Folds an activation into the Conv/Gemm feeding it when nothing else
     /// reads the Conv/Gemm result.
+    #[cfg(any(feature = "op-activation", feature = "op-sigmoid"))]
     fn fuse_activations(&mut self) {
         let mut readers = [0u16; MAX_VALUES];
         for &id in &self.io {
@@ -695,10 +699,7 @@ impl<'a> Model<'a> {
     pub fn parameters(&self) -> (usize, usize) {
         self.values
             .iter()
-            .filter(|v| {
-                v.constant()
-                    .is_some_and(|c| !matches!(c, ConstData::Cast { .. }))
-            })
+            .filter(|v| v.constant().is_some_and(|c| !c.is_converted()))
             .fold((0, 0), |(n, b), v| {
                 (n + v.len(), b + v.len() * v.dtype.size())
             })

@@ -224,7 +224,7 @@ fn plan(
             if used_at_run_time[id] && v.dtype.is_run_time() && !readable_in_place(v.dtype, &c) {
                 let size = aligned(v.len() * v.dtype.size()).ok_or_else(overflow)?;
                 staged_constant_bytes += size;
-                if matches!(c, ConstData::Cast { .. }) {
+                if c.is_converted() {
                     converted_constant_bytes += size;
                 }
                 buffer_of[id] = new_buffer(&mut buffers, &mut n_buffers, size, 0, end)?;

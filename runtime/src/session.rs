@@ -420,6 +420,7 @@ fn stage_constant(v: &Value<'_>, dst: &mut [u8]) {
                 put(i, w.unwrap_or(0));
             }
         }
+        #[cfg(feature = "op-cast")]
         Some(ConstData::Cast { from, data }) => {
             for (i, w) in crate::value::words(from, data).enumerate() {
                 let word = w.and_then(|w| ops::cast::cast_word(from, w, dtype));

@@ -31,12 +31,28 @@ pub enum ConstData<'a> {
     /// it is read: a `Cast` of a constant folded at load time, such as a
     /// float16 weight widened to float32. Never readable in place, so a
     /// run-time value of this kind is staged in the arena by `Session::new`.
+    /// Made by the `op-cast` family only.
+    #[cfg(feature = "op-cast")]
     Cast {
         /// The element type stored in the file.
         from: DType,
         /// The stored elements.
         data: TensorData<'a>,
     },
+}
+
+impl ConstData<'_> {
+    /// Whether the elements are converted when read: a folded Cast
+    /// ([`ConstData::Cast`]), which the file does not hold as such.
+    // A match rather than `matches!`, so that the arm can be compiled out.
+    #[allow(clippy::match_like_matches_macro)]
+    pub fn is_converted(&self) -> bool {
+        match self {
+            #[cfg(feature = "op-cast")]
+            ConstData::Cast { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 /// Up to 8 integers held inline: the result of folding shape computations
@@ -131,6 +147,7 @@ impl<'a> Value<'a> {
                 TypedWords::new(message, field, width).nth(i)?.ok()?,
             ),
             ConstData::Tensor(TensorData::Empty) => None,
+            #[cfg(feature = "op-cast")]
             ConstData::Cast { from, data } => {
                 let word = words(from, data).nth(i)??;
                 decode_word(
@@ -176,6 +193,7 @@ impl<'a> Value<'a> {
             }
             ConstData::Tensor(TensorData::Empty) if n == 0 => {}
             ConstData::Tensor(TensorData::Empty) => return None,
+            #[cfg(feature = "op-cast")]
             ConstData::Cast { from, data } => {
                 let mut count = 0;
                 for (i, w) in words(from, data).take(n).enumerate() {
@@ -241,6 +259,7 @@ impl<'a> Value<'a> {
 /// word: a `raw_data` element's little-endian bytes zero-extended, or a
 /// typed field's word (`None` for an undecodable one). Either way
 /// [`crate::ops::cast::read`] interprets it.
+#[cfg(feature = "op-cast")]
 pub(crate) fn words<'d>(
     dtype: DType,
     data: TensorData<'d>,

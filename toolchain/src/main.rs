@@ -139,9 +139,18 @@ enum Command {
         /// Also write results.json, results.md and results.png here.
         #[arg(long)]
         out_dir: Option<PathBuf>,
+        /// Also put a summary table (one row per model) between the
+        /// `<!-- bench-summary -->` markers of this Markdown file.
+        #[arg(long, value_name = "README.md")]
+        summary: Option<PathBuf>,
         /// Print JSON instead of the table.
         #[arg(long)]
         json: bool,
+        /// Internal: print the peak resident-set growth of ENGINE on the
+        /// one model, measured in this process (`bench` runs it in a child
+        /// process per engine and model).
+        #[arg(long, hide = true, value_name = "ENGINE")]
+        memory_probe: Option<tinykd::bench::Engine>,
     },
     /// List the deployment targets and whether this machine can build and
     /// run each (rustup target, cross linker, QEMU).
@@ -421,10 +430,14 @@ fn bench(
     engines: &[tinykd::bench::Engine],
     iters: usize,
     warmup: usize,
-    out_dir: Option<&Path>,
+    (out_dir, summary): (Option<&Path>, Option<&Path>),
     json: bool,
 ) -> Result<()> {
-    let cfg = tinykd::bench::BenchConfig { warmup, iters };
+    let cfg = tinykd::bench::BenchConfig {
+        warmup,
+        iters,
+        memory_probe: std::env::current_exe().ok(),
+    };
     let mut results = Vec::new();
     for m in models {
         if !json {
@@ -440,6 +453,9 @@ fn bench(
         );
         tinykd::bench::write_results(dir, &results, &machine)
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", dir.display()))?;
+    }
+    if let Some(doc) = summary {
+        tinykd::bench::write_summary(doc, &results).map_err(|e| anyhow::anyhow!(e))?;
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&results)?);
@@ -512,8 +528,26 @@ fn main() -> Result<()> {
             iters,
             warmup,
             out_dir,
+            summary,
             json,
-        } => bench(&models, &engines, iters, warmup, out_dir.as_deref(), json),
+            memory_probe,
+        } => match memory_probe {
+            Some(engine) => {
+                let [model] = models.as_slice() else {
+                    anyhow::bail!("--memory-probe takes one model");
+                };
+                println!("{}", tinykd::bench::peak_memory_probe(model, engine)?);
+                Ok(())
+            }
+            None => bench(
+                &models,
+                &engines,
+                iters,
+                warmup,
+                (out_dir.as_deref(), summary.as_deref()),
+                json,
+            ),
+        },
         Command::Targets { json } => commands::targets::list(json),
         Command::Build(args) => commands::targets::build(&args),
         Command::Run(args) => commands::targets::run(&args),

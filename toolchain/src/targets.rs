@@ -46,6 +46,9 @@ pub struct Target {
     pub runner: &'static [&'static str],
     /// Programs it needs besides rustc's target: linker, emulator.
     pub tools: &'static [&'static str],
+    /// Whether its crate forwards the runtime's op families as features, so
+    /// that a build links only the kernels of the model's ops.
+    pub op_families: bool,
 }
 
 /// Every target, in the order `tinykd targets` lists them.
@@ -60,6 +63,7 @@ pub const TARGETS: &[Target] = &[
         simd: "avx2 (detected at run time)",
         runner: &[],
         tools: &[],
+        op_families: false,
     },
     Target {
         name: "cortex-m4",
@@ -81,6 +85,7 @@ pub const TARGETS: &[Target] = &[
             "-kernel",
         ],
         tools: &["qemu-system-arm"],
+        op_families: true,
     },
     Target {
         name: "riscv32",
@@ -103,6 +108,7 @@ pub const TARGETS: &[Target] = &[
             "-kernel",
         ],
         tools: &["qemu-system-riscv32"],
+        op_families: false,
     },
     Target {
         name: "rpi-arm64",
@@ -114,6 +120,7 @@ pub const TARGETS: &[Target] = &[
         simd: "neon",
         runner: &["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"],
         tools: &["aarch64-linux-gnu-gcc", "qemu-aarch64"],
+        op_families: false,
     },
     Target {
         name: "rpi-armv7",
@@ -125,6 +132,7 @@ pub const TARGETS: &[Target] = &[
         simd: "armv7-neon",
         runner: &["qemu-arm", "-L", "/usr/arm-linux-gnueabihf"],
         tools: &["arm-linux-gnueabihf-gcc", "qemu-arm"],
+        op_families: false,
     },
     Target {
         name: "riscv64",
@@ -142,6 +150,7 @@ pub const TARGETS: &[Target] = &[
             "/usr/riscv64-linux-gnu",
         ],
         tools: &["riscv64-linux-gnu-gcc", "qemu-riscv64"],
+        op_families: false,
     },
     Target {
         name: "android-arm64",
@@ -153,8 +162,36 @@ pub const TARGETS: &[Target] = &[
         simd: "neon",
         runner: &["qemu-aarch64"],
         tools: &["aarch64-linux-gnu-gcc", "qemu-aarch64"],
+        op_families: false,
     },
 ];
+
+/// The runtime's op families (cargo features, see
+/// `tinykd_runtime::ops::families`) that the model at `path` uses, plus
+/// `quant-u8` where it has uint8 tensors: what a firmware needs to link.
+pub fn model_op_families(path: &Path) -> Result<Vec<&'static str>, TargetError> {
+    let failed = |reason: String| TargetError::Failed {
+        target: "cortex-m4",
+        reason: format!("{}: {reason}", path.display()),
+    };
+    let bytes = std::fs::read(path).map_err(|e| failed(e.to_string()))?;
+    let model = tinykd_runtime::Model::parse(&bytes).map_err(|e| failed(e.to_string()))?;
+    let mut families: Vec<&'static str> = model
+        .nodes()
+        .iter()
+        .flat_map(|n| tinykd_runtime::ops::families(n.op_type).iter().copied())
+        .collect();
+    if model
+        .values()
+        .iter()
+        .any(|v| v.dtype == tinykd_runtime::DType::U8)
+    {
+        families.push("quant-u8");
+    }
+    families.sort_unstable();
+    families.dedup();
+    Ok(families)
+}
 
 /// Errors of building or running a target.
 #[derive(Debug, thiserror::Error)]
@@ -262,8 +299,21 @@ impl Target {
         if let Some(input) = input {
             cmd.env("TINYKD_INPUT", absolute(input)?);
         }
-        if hardware {
+        let mut features = Vec::new();
+        if self.op_families {
+            features = model_op_families(model)?;
+            // Error messages in the firmware's output (its default).
+            features.push("messages");
+        }
+        if hardware || self.op_families {
             cmd.arg("--no-default-features");
+        }
+        if self.op_families && !hardware {
+            // The emulator's instruction counter (a default feature).
+            features.push("qemu");
+        }
+        if !features.is_empty() {
+            cmd.args(["--features", &features.join(",")]);
         }
         match self.kind {
             Kind::StaticLib => cmd.arg("--lib"),
@@ -360,6 +410,20 @@ pub fn firmware_size(elf: &Path, model_bytes: u64) -> Result<FirmwareSize, Targe
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_firmware_links_the_op_families_its_model_uses() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mlp = model_op_families(&root.join("models/demo/fashion_mlp.onnx")).unwrap();
+        assert_eq!(mlp, ["op-activation", "op-gemm"]);
+        let ds = model_op_families(&root.join("models/students/ds-cnn-kd.int8.onnx")).unwrap();
+        for family in ["op-conv", "op-gemm", "op-pool", "op-quant", "op-activation"] {
+            assert!(ds.contains(&family), "{family} missing from {ds:?}");
+        }
+        assert!(!ds.contains(&"quant-u8"), "{ds:?}");
+        let err = model_op_families(Path::new("/nonexistent.onnx")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent.onnx"), "{err}");
+    }
 
     #[test]
     fn every_target_has_its_crate_and_a_unique_name() {

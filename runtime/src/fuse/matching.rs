@@ -4,21 +4,29 @@
 //! whether the requantizations exist.
 
 use super::rewrite::Readers;
+#[cfg(any(feature = "op-conv", feature = "op-gemm"))]
 use crate::kernels::generic::activation::Activation;
 use crate::model::{Model, ABSENT};
+#[cfg(any(feature = "op-conv", feature = "op-gemm"))]
 use crate::ops::qlinear::for_each_requant;
 use crate::ops::quantize::Granularity;
-use crate::ops::Op;
+use crate::ops::{Op, Q8_TYPES};
+#[cfg(any(feature = "op-conv", feature = "op-gemm"))]
 use crate::proto::onnx::TensorData;
+#[cfg(any(feature = "op-conv", feature = "op-gemm"))]
 use crate::quant::{quantize_linear, Clamp, QElem};
 use crate::tensor::DType;
-use crate::value::{ConstData, Value, ValueKind};
+#[cfg(any(feature = "op-conv", feature = "op-gemm"))]
+use crate::value::ConstData;
+use crate::value::{Value, ValueKind};
 
 /// Largest per-channel parameter read element by element when it is not
 /// stored as raw_data (where reading element `i` costs `i` steps).
+#[cfg(any(feature = "op-conv", feature = "op-gemm"))]
 const MAX_TYPED_CHANNELS: usize = 256;
 
 /// Relative tolerance between a bias's scale and `x_scale · w_scale[c]`.
+#[cfg(any(feature = "op-conv", feature = "op-gemm"))]
 const BIAS_SCALE_TOLERANCE: f64 = 1e-6;
 
 /// A DequantizeLinear feeding a float op.
@@ -66,6 +74,12 @@ impl Model<'_> {
     }
 
     /// The values of `ids`, as `ops::fill_requants` takes a node's inputs.
+    #[cfg(any(
+        feature = "op-conv",
+        feature = "op-gemm",
+        feature = "op-pool",
+        feature = "op-elementwise"
+    ))]
     pub(super) fn inputs_of<const N: usize>(&self, ids: &[u16; N]) -> [Option<&Value<'_>>; N] {
         ids.map(|id| self.values.get(usize::from(id)))
     }
@@ -92,6 +106,7 @@ impl Model<'_> {
 
     /// Whether element-by-element reads of constant `id` are cheap: raw
     /// data, or a short typed field.
+    #[cfg(any(feature = "op-conv", feature = "op-gemm"))]
     pub(super) fn indexable(&self, id: u16) -> bool {
         let v = self.value(id);
         match v.constant() {
@@ -128,7 +143,7 @@ impl Model<'_> {
     /// The DQ of an activation: 8-bit, per tensor.
     pub(super) fn activation_dq(&self, id: u16) -> Option<Dq> {
         let d = self.dq(id)?;
-        let ok = matches!(self.value(d.q).dtype, DType::I8 | DType::U8)
+        let ok = Q8_TYPES.contains(&self.value(d.q).dtype)
             && d.granularity == Granularity::PerTensor
             && self.scalar(d.scale).is_some()
             && self.zero_point(d.zero).is_some();
@@ -137,11 +152,12 @@ impl Model<'_> {
 
     /// The DQ of a constant 8-bit weight with `channels` output channels
     /// along `axis`: per tensor, or per channel along that axis.
+    #[cfg(any(feature = "op-conv", feature = "op-gemm"))]
     pub(super) fn weight_dq(&self, id: u16, axis: u8, channels: usize) -> Option<Dq> {
         let d = self.dq(id)?;
         let w = self.value(d.q);
         let scales = self.value(d.scale).len();
-        let ok = matches!(w.dtype, DType::I8 | DType::U8)
+        let ok = Q8_TYPES.contains(&w.dtype)
             && w.constant().is_some()
             && match d.granularity {
                 Granularity::PerTensor => scales == 1,
@@ -154,6 +170,7 @@ impl Model<'_> {
 
     /// The int32 bias behind `id` (a DQ of `channels` constant int32 values
     /// whose scale is `x_scale · w_scale[c]`).
+    #[cfg(any(feature = "op-conv", feature = "op-gemm"))]
     pub(super) fn bias(&self, id: u16, x: &Dq, w: &Dq, channels: usize) -> Option<u16> {
         let d = self.dq(id)?;
         let b = self.value(d.q);
@@ -199,13 +216,14 @@ impl Model<'_> {
         };
         let ok = quant.granularity == Granularity::PerTensor
             && self.input(k, 0) == Some(out)
-            && matches!(self.value(q.out).dtype, DType::I8 | DType::U8)
+            && Q8_TYPES.contains(&self.value(q.out).dtype)
             && self.scalar(q.scale).is_some()
             && self.zero_point(q.zero).is_some();
         ok.then_some(q)
     }
 
     /// A fused activation as the output clamp, in the quantized domain.
+    #[cfg(any(feature = "op-conv", feature = "op-gemm"))]
     pub(super) fn clamp(&self, act: Activation, q: &Quant) -> Option<Clamp> {
         let zero = self.zero_point(q.zero)?;
         match act {
@@ -220,8 +238,10 @@ impl Model<'_> {
                     quantize_linear(v, scale, T::from_i32_saturating(zero)).to_i32()
                 }
                 let q = |v: f32| match self.value(q.out).dtype {
-                    DType::I8 => quantize::<i8>(v, scale, zero),
-                    _ => quantize::<u8>(v, scale, zero),
+                    #[cfg(feature = "quant-u8")]
+                    DType::U8 => quantize::<u8>(v, scale, zero),
+                    // int8: the only other type in Q8_TYPES.
+                    _ => quantize::<i8>(v, scale, zero),
                 };
                 // Clip's max wins over its min (as in the float kernel).
                 let (lo, hi) = (q(min), q(max));
@@ -236,6 +256,7 @@ impl Model<'_> {
 
     /// Whether every requantization of a QLinearConv-layout input list is
     /// representable.
+    #[cfg(any(feature = "op-conv", feature = "op-gemm"))]
     pub(super) fn check_requants<const N: usize>(&self, ids: &[u16; N]) -> Option<()> {
         let mut ok = true;
         for_each_requant(&self.inputs_of(ids), |_, r| ok &= r.is_ok());

@@ -40,23 +40,41 @@
 //! Runtime's fused kernels round `acc · scale` to f32 before rounding it
 //! to an integer, and so differ by one step on rare near-ties; see
 //! [`crate::ops::qlinear`] for how often.
+//!
+//! Compiled with the `op-quant` feature; each pattern is there when its
+//! float op's family is (see [`crate::ops`]). Without `quant-u8` only int8
+//! tensors match ([`crate::ops::Q8_TYPES`]): a uint8 QDQ model is then
+//! rejected at load by its DequantizeLinear.
 
 mod matching;
 mod rewrite;
 
+#[cfg(feature = "op-elementwise")]
 use crate::kernels::generic::binary::BinaryOp;
+#[cfg(feature = "op-pool")]
 use crate::kernels::generic::pool_i8::uniform_count;
 use crate::limits::MAX_NODE_INPUTS;
 use crate::model::{Model, ABSENT};
+#[cfg(feature = "op-conv")]
 use crate::ops::conv::Conv;
+#[cfg(feature = "op-gemm")]
 use crate::ops::gemm::Gemm;
+#[cfg(feature = "op-gemm")]
 use crate::ops::matmul::MatMul;
+#[cfg(feature = "op-pool")]
 use crate::ops::pool::PoolKind;
+#[cfg(feature = "op-elementwise")]
 use crate::ops::qadd::{self, QAdd};
+#[cfg(feature = "op-gemm")]
 use crate::ops::qgemm::QGemm;
-use crate::ops::qlinear::{QLinearConv, QLinearMatMul};
+#[cfg(feature = "op-conv")]
+use crate::ops::qlinear::QLinearConv;
+#[cfg(feature = "op-gemm")]
+use crate::ops::qlinear::QLinearMatMul;
+#[cfg(feature = "op-pool")]
 use crate::ops::qpool::{QAveragePool, QPoolWindow};
 use crate::ops::Op;
+#[cfg(feature = "op-elementwise")]
 use crate::quant::Clamp;
 use rewrite::Readers;
 
@@ -67,11 +85,18 @@ impl Model<'_> {
         let mut fused = false;
         for j in 0..self.nodes.len() {
             let done = match self.nodes[j].op {
+                #[cfg(feature = "op-conv")]
                 Op::Conv(c) => self.fuse_conv(&mut r, j, c),
+                #[cfg(feature = "op-gemm")]
                 Op::Gemm(g) => self.fuse_gemm(&mut r, j, g),
+                #[cfg(feature = "op-gemm")]
                 Op::MatMul(m) => self.fuse_matmul(&mut r, j, m),
+                #[cfg(feature = "op-pool")]
                 Op::Pool(p) if p.kind == PoolKind::Max => self.fuse_layout(&mut r, j),
-                Op::Reshape | Op::Transpose(_) => self.fuse_layout(&mut r, j),
+                Op::Reshape => self.fuse_layout(&mut r, j),
+                #[cfg(feature = "op-layout")]
+                Op::Transpose(_) => self.fuse_layout(&mut r, j),
+                #[cfg(feature = "op-pool")]
                 Op::Pool(p) => match p.kind {
                     PoolKind::Average { count_include_pad } => {
                         let count = uniform_count(&p.geometry, count_include_pad);
@@ -80,12 +105,14 @@ impl Model<'_> {
                     }
                     PoolKind::Max => None,
                 },
+                #[cfg(feature = "op-pool")]
                 Op::GlobalAveragePool => self
                     .input(j, 0)
                     .map(|x| self.value(x).shape)
                     .map(|s| s.product(2..s.rank()))
                     .filter(|&n| n > 0)
                     .and_then(|n| self.fuse_average(&mut r, j, QPoolWindow::Global, n)),
+                #[cfg(feature = "op-elementwise")]
                 Op::Binary(BinaryOp::Add) => self.fuse_add(&mut r, j),
                 _ => None,
             };
@@ -97,6 +124,7 @@ impl Model<'_> {
         }
     }
 
+    #[cfg(feature = "op-conv")]
     fn fuse_conv(&mut self, r: &mut Readers, j: usize, conv: Conv) -> Option<()> {
         let q = self.quant_reader(r, j)?;
         let x = self.activation_dq(self.input(j, 0)?)?;
@@ -119,6 +147,7 @@ impl Model<'_> {
         self.rewrite(r, j, op, &inputs, &q)
     }
 
+    #[cfg(feature = "op-gemm")]
     fn fuse_gemm(&mut self, r: &mut Readers, j: usize, g: Gemm) -> Option<()> {
         if g.alpha != 1.0 || g.beta != 1.0 {
             return None;
@@ -152,6 +181,7 @@ impl Model<'_> {
         self.rewrite(r, j, op, &inputs, &q)
     }
 
+    #[cfg(feature = "op-gemm")]
     fn fuse_matmul(&mut self, r: &mut Readers, j: usize, matmul: MatMul) -> Option<()> {
         let q = self.quant_reader(r, j)?;
         let a = self.activation_dq(self.input(j, 0)?)?;
@@ -191,6 +221,7 @@ impl Model<'_> {
         self.rewrite(r, j, op, inputs, &q)
     }
 
+    #[cfg(feature = "op-pool")]
     fn fuse_average(
         &mut self,
         r: &mut Readers,
@@ -207,6 +238,7 @@ impl Model<'_> {
         self.rewrite(r, j, Op::QAveragePool(pool), &inputs, &q)
     }
 
+    #[cfg(feature = "op-elementwise")]
     fn fuse_add(&mut self, r: &mut Readers, j: usize) -> Option<()> {
         let q = self.quant_reader(r, j)?;
         let a = self.activation_dq(self.input(j, 0)?)?;

@@ -18,8 +18,17 @@
 //! | `armv7-neon` | armv7 Linux | cargo feature `arm-neon` (inline asm) |
 //! | `dsp` | Cortex-M4/M7 | cargo feature `arm-dsp` (inline asm: SMLAD, SXTB16) |
 //! | `rvv` | riscv64 | cargo feature `rvv` (inline asm, RVV 1.0) |
+//!
+//! Stride-1 convolutions (f32, and int8 where exact) take [`conv_tiled`] on
+//! the paths with a float vector type ([`lanes::F32x8`]: AVX2, NEON): one
+//! algorithm written against the lane trait, instantiated per path, with
+//! registers holding 4 output channels × 16 positions across the whole
+//! reduction. Elsewhere (Cortex-M, RISC-V, `scalar`) and for strided convs
+//! the direct kernels in [`generic`] run, on the inner loops above.
 
+pub mod conv_tiled;
 pub mod generic;
+pub mod lanes;
 
 #[cfg(all(target_arch = "arm", feature = "arm-neon"))]
 pub mod armv7;
@@ -32,6 +41,7 @@ pub mod neon;
 #[cfg(all(target_arch = "riscv64", feature = "rvv"))]
 pub mod rvv;
 
+use crate::quant::{OutputStage, QElem};
 use generic::inner;
 
 /// On x86_64, slices shorter than this take the scalar loop, inlined into
@@ -133,6 +143,89 @@ pub fn axpy_f32(y: &mut [f32], alpha: f32, x: &[f32]) {
         return inner::axpy_f32(y, alpha, x);
     }
     dispatch!(axpy_f32(y, alpha, x))
+}
+
+/// Conv by [`conv_tiled`] where this build has a vector type for it (AVX2,
+/// NEON), else by the direct kernel [`generic::conv::conv2d_f32`].
+pub fn conv2d_f32(
+    g: &generic::conv::ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    act: generic::activation::Activation,
+    y: &mut [f32],
+) {
+    if !conv2d_f32_tiled(g, x, w, bias, act, y) {
+        generic::conv::conv2d_f32(g, x, w, bias, act, y);
+    }
+}
+
+/// The SIMD path's instantiation of [`conv_tiled::conv2d_f32`]; false (and
+/// nothing written) where there is none or the geometry is not for it.
+pub fn conv2d_f32_tiled(
+    g: &generic::conv::ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    act: generic::activation::Activation,
+    y: &mut [f32],
+) -> bool {
+    #[cfg(all(target_arch = "x86_64", not(feature = "scalar")))]
+    return avx2::conv2d_f32_tiled(g, x, w, bias, act, y);
+    #[cfg(all(
+        target_arch = "aarch64",
+        target_feature = "neon",
+        not(feature = "scalar")
+    ))]
+    return neon::conv2d_f32_tiled(g, x, w, bias, act, y);
+    #[allow(unreachable_code)]
+    {
+        let _ = (g, x, w, bias, act, y);
+        false
+    }
+}
+
+/// QLinearConv by [`conv_tiled`] where this build has a vector type for it
+/// and the sums are exact in f32, else by the direct kernel
+/// [`generic::conv_i8::conv2d_i8_requant`]; the same bits either way.
+pub fn conv2d_i8_requant<X: QElem, W: QElem, Y: QElem>(
+    g: &generic::conv::ConvGeometry,
+    x: &[X],
+    zx: X,
+    w: &[W],
+    zw: &[W],
+    out: &OutputStage<'_, Y>,
+    y: &mut [Y],
+) {
+    if !conv2d_i8_requant_tiled(g, x, zx, w, zw, out, y) {
+        generic::conv_i8::conv2d_i8_requant(g, x, zx, w, zw, out, y);
+    }
+}
+
+/// The SIMD path's instantiation of [`conv_tiled::conv2d_i8_requant`];
+/// false (and nothing written) where there is none or it does not apply.
+pub fn conv2d_i8_requant_tiled<X: QElem, W: QElem, Y: QElem>(
+    g: &generic::conv::ConvGeometry,
+    x: &[X],
+    zx: X,
+    w: &[W],
+    zw: &[W],
+    out: &OutputStage<'_, Y>,
+    y: &mut [Y],
+) -> bool {
+    #[cfg(all(target_arch = "x86_64", not(feature = "scalar")))]
+    return avx2::conv2d_i8_requant_tiled(g, x, zx, w, zw, out, y);
+    #[cfg(all(
+        target_arch = "aarch64",
+        target_feature = "neon",
+        not(feature = "scalar")
+    ))]
+    return neon::conv2d_i8_requant_tiled(g, x, zx, w, zw, out, y);
+    #[allow(unreachable_code)]
+    {
+        let _ = (g, x, zx, w, zw, out, y);
+        false
+    }
 }
 
 /// Checks of a SIMD path against [`generic::inner`], for each path's tests.

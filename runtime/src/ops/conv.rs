@@ -2,8 +2,9 @@
 
 use super::{NodeCtx, Op, Output};
 use crate::error::Error;
+use crate::kernels::conv2d_f32;
 use crate::kernels::generic::activation::Activation;
-use crate::kernels::generic::conv::{conv2d_f32, ConvGeometry};
+use crate::kernels::generic::conv::ConvGeometry;
 use crate::tensor::Shape;
 use crate::value::Value;
 
@@ -200,6 +201,7 @@ pub fn spatial_params(
     Ok(p)
 }
 
+#[cfg(feature = "op-conv")]
 pub(super) fn prepare<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Error> {
     ctx.check_arity(2, 3)?;
     ctx.check_attributes(ATTRIBUTES)?;

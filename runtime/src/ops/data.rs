@@ -153,6 +153,7 @@ elem!(i32, I32);
 
 /// Runs `$body` with `$y` bound to the output's typed slice, whatever its
 /// type (the body is instantiated once per type).
+#[cfg(any(feature = "op-layout", feature = "op-cast"))]
 macro_rules! any_type {
     ($out:expr, |$y:ident| $body:expr) => {
         match $out {
@@ -163,31 +164,55 @@ macro_rules! any_type {
         }
     };
 }
+#[cfg(any(feature = "op-layout", feature = "op-cast"))]
 pub(crate) use any_type;
 
-/// Runs `$body` with `$x` bound to the 8-bit elements of `$data` (`i8` or
-/// `u8`); does nothing for other types, which `prepare` has rejected.
+/// Runs `$body` with `$x` bound to the 8-bit elements of `$data` (`i8`, or
+/// `u8` with the `quant-u8` feature); does nothing for other types, which
+/// `prepare` has rejected (see [`super::Q8_TYPES`]).
+#[cfg(all(
+    feature = "op-quant",
+    any(
+        feature = "op-conv",
+        feature = "op-gemm",
+        feature = "op-pool",
+        feature = "op-elementwise"
+    )
+))]
 macro_rules! q8 {
     ($data:expr, |$x:ident| $body:expr) => {
         match $data {
             $crate::ops::Data::I8($x) => $body,
+            #[cfg(feature = "quant-u8")]
             $crate::ops::Data::U8($x) => $body,
             _ => {}
         }
     };
 }
+#[cfg(all(
+    feature = "op-quant",
+    any(
+        feature = "op-conv",
+        feature = "op-gemm",
+        feature = "op-pool",
+        feature = "op-elementwise"
+    )
+))]
 pub(crate) use q8;
 
 /// As [`q8`] for an output.
+#[cfg(feature = "op-quant")]
 macro_rules! q8_mut {
     ($data:expr, |$y:ident| $body:expr) => {
         match $data {
             $crate::ops::DataMut::I8($y) => $body,
+            #[cfg(feature = "quant-u8")]
             $crate::ops::DataMut::U8($y) => $body,
             _ => {}
         }
     };
 }
+#[cfg(feature = "op-quant")]
 pub(crate) use q8_mut;
 
 /// One input tensor at run time.
@@ -220,14 +245,17 @@ pub struct Tensor<'t, T> {
 
 /// Zero point `i` of an optional zero-point input (one entry for all, or
 /// one per channel), or 0 when the input is omitted.
+#[cfg(feature = "op-quant")]
 pub(crate) fn zero_points<T: Elem>(zp: Option<TensorRef<'_>>) -> ZeroPoints<'_, T> {
     ZeroPoints(zp.and_then(|t| T::slice(t.data)).filter(|s| !s.is_empty()))
 }
 
 /// The zero points of one tensor: one for all, one per channel, or none (0).
+#[cfg(feature = "op-quant")]
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ZeroPoints<'t, T>(Option<&'t [T]>);
 
+#[cfg(feature = "op-quant")]
 impl<'t, T: Elem> ZeroPoints<'t, T> {
     /// The zero point of channel `c` (the single one when per tensor).
     #[inline]
@@ -241,6 +269,7 @@ impl<'t, T: Elem> ZeroPoints<'t, T> {
 
     /// The zero points as the integer kernels take them: a slice of one or
     /// of one per channel (`fallback` holds the default 0 when omitted).
+    #[cfg(any(feature = "op-conv", feature = "op-gemm"))]
     pub(crate) fn slice<'s>(&self, fallback: &'s [T; 1]) -> &'s [T]
     where
         't: 's,

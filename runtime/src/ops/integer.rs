@@ -27,6 +27,7 @@ pub struct ConvInteger {
     pub geometry: ConvGeometry,
 }
 
+#[cfg(feature = "op-conv")]
 pub(super) fn prepare_conv<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Error> {
     ctx.check_arity(2, 4)?;
     ctx.check_attributes(ATTRIBUTES)?;
@@ -41,6 +42,7 @@ pub(super) fn prepare_conv<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>)
     ))
 }
 
+#[cfg(feature = "op-gemm")]
 pub(super) fn prepare_matmul<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Error> {
     ctx.check_arity(2, 4)?;
     ctx.check_attributes(&[])?;
@@ -84,8 +86,10 @@ fn check_zero_point(
         return Err(ctx.unsupported(unsupported));
     }
     match z.dtype {
-        DType::I8 => check_zero_points::<i8>(ctx, z),
-        _ => check_zero_points::<u8>(ctx, z),
+        #[cfg(feature = "quant-u8")]
+        DType::U8 => check_zero_points::<u8>(ctx, z),
+        // int8: `of` is one of Q8_TYPES.
+        _ => check_zero_points::<i8>(ctx, z),
     }
 }
 

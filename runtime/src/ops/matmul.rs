@@ -26,6 +26,7 @@ fn batch_dims(shape: &Shape) -> ([usize; MAX_RANK], usize) {
     (d, r.saturating_sub(2))
 }
 
+#[cfg(feature = "op-gemm")]
 pub(super) fn prepare<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Error> {
     ctx.check_arity(2, 2)?;
     ctx.check_attributes(&[])?;

@@ -43,8 +43,8 @@ use super::{
     TensorRef, ZeroPoints, Q8_TYPES,
 };
 use crate::error::Error;
+use crate::kernels::conv2d_i8_requant;
 use crate::kernels::generic::conv::ConvGeometry;
-use crate::kernels::generic::conv_i8::conv2d_i8_requant;
 use crate::kernels::generic::gemm_i8::gemm_i8_requant;
 use crate::quant::{Clamp, OutputStage, QElem, Requant};
 use crate::tensor::{DType, Shape};
@@ -85,6 +85,7 @@ pub(crate) const Y_SCALE: usize = 6;
 pub(crate) const Y_ZERO: usize = 7;
 pub(crate) const BIAS: usize = 8;
 
+#[cfg(all(feature = "op-qoperator", feature = "op-conv"))]
 pub(super) fn prepare_conv<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Error> {
     ctx.check_arity(8, 9)?;
     ctx.check_attributes(ATTRIBUTES)?;
@@ -109,6 +110,7 @@ pub(super) fn prepare_conv<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>)
     ))
 }
 
+#[cfg(all(feature = "op-qoperator", feature = "op-gemm"))]
 pub(super) fn prepare_matmul<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Error> {
     ctx.check_arity(8, 8)?;
     ctx.check_attributes(&[])?;

@@ -12,11 +12,18 @@ use super::{
     check_dtype, check_zero_points, zero_points, Data, DataMut, Elem, NodeCtx, Op, Output,
     TensorRef, ZeroPoints, Q8_TYPES,
 };
-use crate::error::Error;
+use crate::error::{name, Error};
 use crate::quant::linear::{dequantize_linear, quantize_linear};
 use crate::quant::QElem;
 use crate::tensor::{DType, Shape};
 use crate::value::Value;
+
+/// The element types DequantizeLinear reads: [`Q8_TYPES`] and int32.
+#[cfg(feature = "quant-u8")]
+const DEQUANTIZE_TYPES: &[DType] = &[DType::I8, DType::U8, DType::I32];
+/// The element types DequantizeLinear reads: [`Q8_TYPES`] and int32.
+#[cfg(not(feature = "quant-u8"))]
+const DEQUANTIZE_TYPES: &[DType] = &[DType::I8, DType::I32];
 
 /// Which elements share a scale and zero point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,11 +88,20 @@ pub(super) fn prepare_quantize<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<
             "quantization to types other than int8 and uint8 (float8, int4, int16, ...)",
         ));
     }
+    if !Q8_TYPES.contains(&dtype) {
+        // uint8 in a build without the `quant-u8` feature.
+        return Err(Error::DType {
+            value: name(ctx.node.outputs().next().unwrap_or("")),
+            dtype,
+        });
+    }
     let granularity = granularity(ctx, x)?;
     if let Some(z) = zero_point {
         match dtype {
-            DType::I8 => check_zero_points::<i8>(ctx, z)?,
-            _ => check_zero_points::<u8>(ctx, z)?,
+            #[cfg(feature = "quant-u8")]
+            DType::U8 => check_zero_points::<u8>(ctx, z)?,
+            // int8: the only other type in Q8_TYPES.
+            _ => check_zero_points::<i8>(ctx, z)?,
         }
     }
     Ok((
@@ -102,7 +118,7 @@ pub(super) fn prepare_dequantize<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Outpu
         21 => &["axis", "block_size"],
         _ => &["axis", "block_size", "output_dtype"],
     })?;
-    let x = ctx.typed_input(0, &[DType::I8, DType::U8, DType::I32])?;
+    let x = ctx.typed_input(0, DEQUANTIZE_TYPES)?;
     check_not_blocked(ctx)?;
     if !matches!(ctx.attr_int("output_dtype", 0)?, 0 | 1) {
         return Err(ctx.unsupported("DequantizeLinear to types other than float32"));
@@ -114,6 +130,7 @@ pub(super) fn prepare_dequantize<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Outpu
         }
         match x.dtype {
             DType::I8 => check_zero_points::<i8>(ctx, z)?,
+            #[cfg(feature = "quant-u8")]
             DType::U8 => check_zero_points::<u8>(ctx, z)?,
             _ => {
                 // int32 has no zero point: ONNX says it is 0.
@@ -278,6 +295,7 @@ impl Dequantize {
         let g = self.granularity;
         match x.data {
             Data::I8(xs) => dequantize(g, &x.shape, xs, scale, zero_points(zero_point), y),
+            #[cfg(feature = "quant-u8")]
             Data::U8(xs) => dequantize(g, &x.shape, xs, scale, zero_points(zero_point), y),
             Data::I32(xs) => for_each_run(g, &x.shape, xs.len().min(y.len()), |run, c| {
                 // The zero point is 0 (checked at load); numpy's
@@ -287,7 +305,8 @@ impl Dequantize {
                     *o = v as f32 * s;
                 }
             }),
-            Data::F32(_) => {}
+            // float32, and uint8 without `quant-u8`: rejected at load.
+            _ => {}
         }
     }
 }

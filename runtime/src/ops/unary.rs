@@ -1,43 +1,58 @@
-//! Elementwise activations: Relu, LeakyRelu, Sigmoid, Tanh, HardSigmoid,
-//! HardSwish, Clip.
+//! Elementwise activations: Relu, LeakyRelu, HardSigmoid, HardSwish, Clip
+//! (feature `op-activation`), Sigmoid, Tanh (feature `op-sigmoid`).
 
-use super::{NodeCtx, Op, Output, Tensor};
-use crate::error::Error;
+#[cfg(feature = "op-activation")]
+use super::Tensor;
+use super::{NodeCtx, Op, Output};
+use crate::error::{name, Error};
 use crate::kernels::generic::activation::Activation;
+#[cfg(feature = "op-activation")]
 use crate::tensor::DType;
 
-/// The op types this file implements; each can be fused into a preceding
-/// Conv/Gemm at load time.
+/// The op types this build implements here; each can be fused into a
+/// preceding Conv/Gemm at load time.
 pub const ACTIVATIONS: &[&str] = &[
+    #[cfg(feature = "op-activation")]
     "Relu",
+    #[cfg(feature = "op-activation")]
     "LeakyRelu",
+    #[cfg(feature = "op-sigmoid")]
     "Sigmoid",
+    #[cfg(feature = "op-sigmoid")]
     "Tanh",
+    #[cfg(feature = "op-activation")]
     "HardSigmoid",
+    #[cfg(feature = "op-activation")]
     "HardSwish",
+    #[cfg(feature = "op-activation")]
     "Clip",
 ];
 
 pub(super) fn prepare<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Error> {
     let op = match ctx.node.op_type {
+        #[cfg(feature = "op-activation")]
         "Relu" => {
             ctx.check_attributes(&[])?;
             Op::Unary(Activation::Relu)
         }
+        #[cfg(feature = "op-activation")]
         "LeakyRelu" => {
             ctx.check_attributes(&["alpha"])?;
             Op::Unary(Activation::LeakyRelu {
                 alpha: ctx.attr_float("alpha", 0.01)?,
             })
         }
+        #[cfg(feature = "op-sigmoid")]
         "Sigmoid" => {
             ctx.check_attributes(&[])?;
             Op::Unary(Activation::Sigmoid)
         }
+        #[cfg(feature = "op-sigmoid")]
         "Tanh" => {
             ctx.check_attributes(&[])?;
             Op::Unary(Activation::Tanh)
         }
+        #[cfg(feature = "op-activation")]
         "HardSigmoid" => {
             ctx.check_attributes(&["alpha", "beta"])?;
             Op::Unary(Activation::HardSigmoid {
@@ -45,17 +60,27 @@ pub(super) fn prepare<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Err
                 beta: ctx.attr_float("beta", 0.5)?,
             })
         }
+        #[cfg(feature = "op-activation")]
         "HardSwish" => {
             ctx.check_attributes(&[])?;
             Op::Unary(Activation::HardSwish)
         }
-        _ => return prepare_clip(ctx),
+        #[cfg(feature = "op-activation")]
+        "Clip" => return prepare_clip(ctx),
+        // Not reached: `ops::prepare` sends only the op types listed above.
+        _ => {
+            return Err(Error::UnsupportedOp {
+                at: ctx.at(),
+                detail: name(""),
+            })
+        }
     };
     ctx.check_arity(1, 1)?;
     let x = ctx.f32_input(0)?;
     Ok((op, Output::f32(x.shape)))
 }
 
+#[cfg(feature = "op-activation")]
 fn prepare_clip<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Error> {
     let x = ctx.f32_input(0)?;
     if ctx.version < 11 {
@@ -97,6 +122,7 @@ fn prepare_clip<'a>(ctx: &NodeCtx<'_, 'a>) -> Result<(Op, Output<'a>), Error> {
 }
 
 /// Clip with run-time bounds (each a one-element tensor, or absent).
+#[cfg(feature = "op-activation")]
 pub(super) fn eval_clip(
     x: &[f32],
     min: Option<Tensor<'_, f32>>,

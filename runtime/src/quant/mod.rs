@@ -305,6 +305,74 @@ impl<'a, Y: QElem> OutputStage<'a, Y> {
 }
 
 impl<Y: QElem> OutputStage<'_, Y> {
+    /// Channel `c` of the stage in f64 arithmetic ([`FloatStage`]), where
+    /// that gives [`Self::finish`]'s result for every accumulator below
+    /// 2^24 in magnitude: the bias within ±2^30 (so no int32 wrap) and a
+    /// total right shift of at most [`FloatStage::MAX_SHIFT`] (so f64's
+    /// rounding error stays below the distance of any non-tie from a
+    /// rounding boundary). None otherwise.
+    pub fn float_channel(&self, c: usize) -> Option<FloatStage> {
+        let bias = self.bias.map_or(0, |b| b[c]);
+        let r = self.requant[if self.requant.len() == 1 { 0 } else { c }];
+        let total_shift = 31 - r.shift.clamp(-31, 30);
+        if bias.unsigned_abs() > 1 << 30 || total_shift > FloatStage::MAX_SHIFT {
+            return None;
+        }
+        let zero_point = self.zero_point.to_i32();
+        Some(FloatStage {
+            bias: f64::from(bias),
+            // M · 2^−shift: exact (M has 31 bits).
+            scale: f64::from(r.multiplier) / (1u64 << total_shift) as f64,
+            low: f64::from(self.act_min.to_i32() - zero_point - 1),
+            high: f64::from(self.act_max.to_i32() - zero_point + 1),
+            zero_point,
+            act_min: self.act_min.to_i32(),
+            act_max: self.act_max.to_i32(),
+        })
+    }
+}
+
+/// One output channel's [`OutputStage`] as f64 arithmetic that a compiler
+/// can vectorize (no 64-bit integer multiply or shift), made by
+/// [`OutputStage::float_channel`] only where it is exact.
+///
+/// `(acc + bias)·M/2^S` is computed as one f64 product with `M·2^−S`
+/// (exact), then `+ ½` and floored: the reference's round-half-up. For a
+/// result that matters (within ±300; anything beyond is clamped either way)
+/// the two f64 roundings err by less than 2^−43.7, while a non-tie
+/// `(acc + bias)·M/2^S + ½` lies at least 2^−S ≥ 2^−43 from an integer and
+/// a tie is computed exactly, so the floor is the reference's.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FloatStage {
+    bias: f64,
+    scale: f64,
+    /// Clamp bounds before the zero point, widened by one so that the
+    /// floor of a clamped value still clamps to the same output.
+    low: f64,
+    high: f64,
+    zero_point: i32,
+    act_min: i32,
+    act_max: i32,
+}
+
+impl FloatStage {
+    /// Largest total right shift (31 − shift) the f64 form is exact for.
+    pub const MAX_SHIFT: i32 = 43;
+
+    /// [`OutputStage::finish`] of an accumulator given as an integer-valued
+    /// float below 2^24 in magnitude.
+    #[inline(always)]
+    pub fn finish(&self, acc: f32) -> i32 {
+        let t = (f64::from(acc) + self.bias) * self.scale + 0.5;
+        let t = t.max(self.low).min(self.high);
+        // SAFETY: t lies in [low, high] ⊂ (−2^10, 2^10), so it converts.
+        let truncated = unsafe { t.to_int_unchecked::<i32>() };
+        let floor = truncated - i32::from(t < f64::from(truncated));
+        (floor + self.zero_point).clamp(self.act_min, self.act_max)
+    }
+}
+
+impl<Y: QElem> OutputStage<'_, Y> {
     /// The same stage clamped to `clamp` as well (a fused activation).
     pub fn with_clamp(self, clamp: Clamp) -> Self {
         let (act_min, act_max) = clamp.bounds();
@@ -434,6 +502,74 @@ pub fn check_tensor_or_channels(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// A stage for channel 0 from a scale, bias, zero point and clamp.
+    fn stage(
+        requant: &[Requant; 1],
+        bias: &[i32; 1],
+        zp: i8,
+        lo: i8,
+        hi: i8,
+    ) -> OutputStage<'static, i8> {
+        // Leaked so the stage can be 'static in a test.
+        let requant: &'static [Requant] = Box::leak(Box::new(*requant));
+        let bias: &'static [i32] = Box::leak(Box::new(*bias));
+        OutputStage {
+            bias: Some(bias),
+            requant,
+            zero_point: zp,
+            act_min: lo.min(hi),
+            act_max: lo.max(hi),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// The f64 stage equals the integer one wherever it is offered,
+        /// on random accumulators and on ones next to rounding ties.
+        #[test]
+        fn float_stage_equals_the_integer_stage(
+            scale_exp in -14.0f64..2.0, mantissa in 1.0f64..2.0, bias in -(1i32 << 20)..(1 << 20),
+            zp in any::<i8>(), lo in any::<i8>(), hi in any::<i8>(),
+            acc in -(1i32 << 24) + 1..(1 << 24), k in -300i64..300,
+        ) {
+            let requant = [Requant::from_scale(mantissa * 2f64.powf(scale_exp)).unwrap()];
+            let out = stage(&requant, &[bias], zp, lo, hi);
+            let Some(fs) = out.float_channel(0) else {
+                prop_assert!(31 - requant[0].shift > FloatStage::MAX_SHIFT);
+                return Ok(());
+            };
+            prop_assert_eq!(fs.finish(acc as f32), i32::from(out.finish(acc, 0)));
+            // The accumulators nearest the tie (k + ½)·2^S/M − bias.
+            let (m, s) = (i64::from(requant[0].multiplier), 31 - requant[0].shift);
+            let tie = ((2 * k + 1) << (s - 1)) / m - i64::from(bias);
+            for a in tie - 2..=tie + 2 {
+                if a.unsigned_abs() < 1 << 24 {
+                    let a = a as i32;
+                    prop_assert_eq!(fs.finish(a as f32), i32::from(out.finish(a, 0)), "acc {}", a);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn float_stage_is_refused_where_it_could_differ() {
+        let tiny = [Requant::from_scale(1e-5f64).unwrap()];
+        assert!(stage(&tiny, &[0], 0, -128, 127).float_channel(0).is_none());
+        let fine = [Requant::from_scale(1e-3f64).unwrap()];
+        assert!(stage(&fine, &[(1 << 30) + 1], 0, -128, 127)
+            .float_channel(0)
+            .is_none());
+        assert!(stage(&fine, &[1 << 30], 0, -128, 127)
+            .float_channel(0)
+            .is_some());
+        // An exact tie: 0.5 · 3 = 1.5 rounds up to 2, −1.5 to −1.
+        let half = [Requant::from_scale(0.5f64).unwrap()];
+        let fs = stage(&half, &[0], 0, -128, 127).float_channel(0).unwrap();
+        assert_eq!((fs.finish(3.0), fs.finish(-3.0)), (2, -1));
+    }
 
     #[test]
     fn elem_ranges_and_saturation() {

@@ -11,10 +11,32 @@
 
 mod support;
 
+// `--no-default-features` drops the op families with the `qemu` counter; a
+// firmware without any would reject every model at start-up.
+#[cfg(not(any(
+    feature = "all-ops",
+    feature = "op-gemm",
+    feature = "op-conv",
+    feature = "op-pool",
+    feature = "op-activation",
+    feature = "op-sigmoid",
+    feature = "op-softmax",
+    feature = "op-elementwise",
+    feature = "op-reshape",
+    feature = "op-layout",
+    feature = "op-cast",
+    feature = "op-quant",
+    feature = "op-qoperator"
+)))]
+compile_error!(
+    "no op family enabled: add `--features all-ops,messages` (or the op-* families the model \
+     uses) to `--no-default-features`"
+);
+
 use core::mem::size_of;
 use cortex_m_rt::entry;
 use cortex_m_semihosting::{debug, hprintln};
-use support::{counter, exit, fail};
+use support::{counter, exit, fail, fail_with};
 use tinykd_runtime::{AlignedArena, Bindings, Model, Session};
 
 /// Arena bytes reserved at link time. Checked against `model.arena_size()`
@@ -91,7 +113,7 @@ fn main() -> ! {
     }
 
     let mut session =
-        Session::new(model, arena()).unwrap_or_else(|e| fail(format_args!("Session::new: {e}")));
+        Session::new(model, arena()).unwrap_or_else(|e| fail_with(format_args!("Session::new"), e));
     let mut output = [0f32; OUTPUT_CAPACITY];
     let output = &mut output[..out_len];
 
@@ -105,7 +127,7 @@ fn main() -> ! {
     });
     let stack_run = stack::high_water();
     if let Some(e) = error {
-        fail(format_args!("Session::run: {e}"));
+        fail_with(format_args!("Session::run"), e);
     }
 
     for (i, y) in output.iter().enumerate() {
@@ -132,7 +154,7 @@ fn main() -> ! {
         } else {
             let y = &mut other[..out_len];
             if let Err(e) = session.run(&[image], &mut [&mut y[..]]) {
-                fail(format_args!("Session::run, image {i}: {e}"));
+                fail_with(format_args!("Session::run, image {i}"), e);
             }
             y
         };
@@ -181,7 +203,7 @@ fn load() -> &'static Model<'static> {
     // reference ever created to it.
     let model = unsafe { &mut *core::ptr::addr_of_mut!(MODEL) };
     if let Err(e) = model.load(&MODEL_ONNX.0, &Bindings::default()) {
-        fail(format_args!("Model::load: {e}"));
+        fail_with(format_args!("Model::load"), e);
     }
     model
 }

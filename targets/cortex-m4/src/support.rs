@@ -23,10 +23,35 @@ pub fn fail(why: fmt::Arguments) -> ! {
     exit(debug::EXIT_FAILURE)
 }
 
-/// A panic is a bug: report it and make QEMU exit non-zero.
+/// Reports a runtime error from `what` and ends the run with a failure
+/// status. Without the `messages` feature only `what` is printed: the
+/// error's message is what links the runtime's `Display` impls.
+#[allow(dead_code)] // the kernels self-test runs no model
+pub fn fail_with(what: fmt::Arguments, error: tinykd_runtime::Error) -> ! {
+    #[cfg(feature = "messages")]
+    fail(format_args!("{what}: {error}"));
+    #[cfg(not(feature = "messages"))]
+    {
+        let _ = error;
+        fail(format_args!(
+            "{what} failed (build with the `messages` feature for why)"
+        ))
+    }
+}
+
+/// A panic is a bug: report it (its message and source location with the
+/// `messages` feature) and make QEMU exit non-zero.
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
+    #[cfg(feature = "messages")]
     hprintln!("panic: {}", info);
+    // Printing `info` is what keeps every panic site's message and location
+    // in flash, even with `panic = "abort"`.
+    #[cfg(not(feature = "messages"))]
+    {
+        let _ = info;
+        hprintln!("panic (build with the `messages` feature for where)");
+    }
     exit(debug::EXIT_FAILURE)
 }
 

@@ -50,12 +50,16 @@ pub enum BenchError {
 }
 
 /// How to measure.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct BenchConfig {
     /// Untimed runs per engine before measuring.
     pub warmup: usize,
     /// Timed runs per engine.
     pub iters: usize,
+    /// A `tinykd` executable to measure each engine's peak memory with, in
+    /// a fresh process per engine and model (`tinykd bench --memory-probe`);
+    /// None skips that measurement.
+    pub memory_probe: Option<PathBuf>,
 }
 
 /// One engine's figures on one model.
@@ -75,6 +79,10 @@ pub struct EngineResult {
     /// Memory: the arena for tinykd, resident-set growth while loading and
     /// warming up for the others (bytes).
     pub memory_bytes: u64,
+    /// Peak resident-set growth of a fresh process loading the model into
+    /// the engine and running it (bytes; see [`peak_memory_probe`]); None
+    /// where not measured.
+    pub peak_rss_bytes: Option<u64>,
 }
 
 /// All engines' figures on one model.
@@ -147,6 +155,10 @@ pub fn bench_model(
                 p90_us: percentile(s, 0.9),
                 vs_best_peer: None,
                 memory_bytes: *memory,
+                peak_rss_bytes: cfg
+                    .memory_probe
+                    .as_deref()
+                    .and_then(|exe| peak_memory_in_child(exe, path, *engine)),
             }
         })
         .collect();
@@ -184,6 +196,59 @@ fn percentile(s: &[f64], q: f64) -> f64 {
     }
     let i = ((s.len() - 1) as f64 * q).round() as usize;
     s[i.min(s.len() - 1)]
+}
+
+/// Runs given before the peak is read in [`peak_memory_probe`].
+const PROBE_RUNS: usize = 5;
+
+/// Peak resident-set growth while `engine` loads `path` and runs it a few
+/// times, in bytes: the peak (`VmHWM`, reset first through
+/// `/proc/self/clear_refs`) over the resident set after reading the file.
+/// Meaningful in a fresh process, where no freed memory hides the growth:
+/// `tinykd bench --memory-probe ENGINE MODEL` runs it (see
+/// [`BenchConfig::memory_probe`]).
+pub fn peak_memory_probe(path: &Path, engine: Engine) -> Result<u64, BenchError> {
+    let bytes = std::fs::read(path).map_err(|source| BenchError::Read {
+        path: path.into(),
+        source,
+    })?;
+    let (shape, input) = runners::input_for(path, &bytes)?;
+    // "5" resets the peak to the current resident set (Linux ≥ 4.0); where
+    // it fails, the peak since start-up is an upper bound.
+    std::fs::write("/proc/self/clear_refs", "5").ok();
+    let before = status_bytes("VmRSS");
+    let mut r = runners::open(engine, path, &bytes, &shape, &input)?;
+    for _ in 0..PROBE_RUNS {
+        r.run()?;
+    }
+    let peak = status_bytes("VmHWM").max(status_bytes("VmRSS"));
+    drop(r);
+    Ok(peak.saturating_sub(before))
+}
+
+/// [`peak_memory_probe`] in a child process `exe bench --memory-probe`;
+/// None if it cannot run there (the table then shows no figure).
+fn peak_memory_in_child(exe: &Path, path: &Path, engine: Engine) -> Option<u64> {
+    let name = format!("{engine:?}").to_lowercase();
+    let out = std::process::Command::new(exe)
+        .args(["bench", "--memory-probe", &name])
+        .arg(path)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+/// A `kB` line of /proc/self/status in bytes (0 where there is none).
+fn status_bytes(key: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
 
 /// This process's resident set, from /proc (0 where there is none).
@@ -234,6 +299,66 @@ fn short_name(p: &Path) -> String {
     )
 }
 
+/// Markers around the table [`write_summary`] keeps in a Markdown file.
+const SUMMARY_MARKERS: (&str, &str) = ("<!-- bench-summary -->", "<!-- /bench-summary -->");
+
+/// Replaces the text between `<!-- bench-summary -->` and
+/// `<!-- /bench-summary -->` in the Markdown file `doc` (the README) with
+/// [`summary_table`], atomically; an error if the markers are missing.
+pub fn write_summary(doc: &Path, results: &[ModelResult]) -> Result<(), String> {
+    let old = std::fs::read_to_string(doc).map_err(|e| format!("{}: {e}", doc.display()))?;
+    let (open, close) = SUMMARY_MARKERS;
+    let (Some(start), Some(end)) = (old.find(open), old.find(close)) else {
+        return Err(format!(
+            "{}: no `{open}` … `{close}` markers",
+            doc.display()
+        ));
+    };
+    if end < start {
+        return Err(format!(
+            "{}: `{close}` comes before `{open}`",
+            doc.display()
+        ));
+    }
+    let new = format!(
+        "{}{open}\n{}{}",
+        &old[..start],
+        summary_table(results),
+        &old[end..]
+    );
+    crate::tensor_file::write_atomically(doc, new.as_bytes()).map_err(|e| e.to_string())
+}
+
+/// One row per model: each engine's median and tinykd's ratio to the
+/// faster peer.
+pub fn summary_table(results: &[ModelResult]) -> String {
+    let mut s = String::from(
+        "| model | tinykd µs | tract µs | ORT µs | tinykd vs best peer |\n| --- | ---: | ---: | ---: | ---: |\n",
+    );
+    for m in results {
+        let median = |engine| {
+            m.engines
+                .iter()
+                .find(|e| e.engine == engine)
+                .map_or("–".to_string(), |e| format!("{:.1}", e.median_us))
+        };
+        let ratio = m
+            .engines
+            .iter()
+            .find(|e| e.engine == Engine::Tinykd)
+            .and_then(|e| e.vs_best_peer)
+            .map_or("–".to_string(), |r| format!("{r:.2}×"));
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {ratio} |\n",
+            short_name(&m.model),
+            median(Engine::Tinykd),
+            median(Engine::Tract),
+            median(Engine::Ort),
+        ));
+    }
+    s
+}
+
 /// The planner's arena against the lower bound, one row per model.
 pub fn arena_table(results: &[ModelResult]) -> String {
     let mut s = String::from(
@@ -256,8 +381,8 @@ pub fn arena_table(results: &[ModelResult]) -> String {
 /// The results as a Markdown table: one row per model and engine.
 pub fn markdown_table(results: &[ModelResult]) -> String {
     let mut s = String::from(
-        "| model | file bytes | engine | median µs | p10 µs | p90 µs | vs best peer | memory bytes |\n\
-         | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n",
+        "| model | file bytes | engine | median µs | p10 µs | p90 µs | vs best peer | arena / RSS growth bytes | peak RSS growth bytes |\n\
+         | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for m in results {
         let name = short_name(&m.model);
@@ -268,14 +393,15 @@ pub fn markdown_table(results: &[ModelResult]) -> String {
                 (String::new(), String::new())
             };
             s.push_str(&format!(
-                "| {model} | {bytes} | {:?} | {:.1} | {:.1} | {:.1} | {} | {} |\n",
+                "| {model} | {bytes} | {:?} | {:.1} | {:.1} | {:.1} | {} | {} | {} |\n",
                 e.engine,
                 e.median_us,
                 e.p10_us,
                 e.p90_us,
                 e.vs_best_peer
                     .map_or("–".to_string(), |r| format!("{r:.2}×")),
-                e.memory_bytes
+                e.memory_bytes,
+                e.peak_rss_bytes.map_or("–".to_string(), |b| b.to_string()),
             ));
         }
     }
@@ -301,6 +427,7 @@ mod tests {
         let cfg = BenchConfig {
             warmup: 2,
             iters: 5,
+            memory_probe: None,
         };
         let r = bench_model(&path, &[Engine::Tinykd, Engine::Tract], &cfg).unwrap();
         assert_eq!(r.input_shape, [1, 784]);
@@ -329,8 +456,29 @@ mod tests {
             .unwrap()
             .starts_with(b"\x89PNG"));
         std::fs::remove_dir_all(&dir).ok();
+        let readme = dir.join("README.md");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            &readme,
+            "# x\n\n<!-- bench-summary -->\nold\n<!-- /bench-summary -->\n\nrest\n",
+        )
+        .unwrap();
+        write_summary(&readme, std::slice::from_ref(&r)).unwrap();
+        let text = std::fs::read_to_string(&readme).unwrap();
+        assert!(
+            text.contains("-->\n| model | tinykd µs |")
+                && text.contains("| fashion_mlp.onnx | ")
+                && !text.contains("old")
+                && text.ends_with("<!-- /bench-summary -->\n\nrest\n"),
+            "{text}"
+        );
+        std::fs::write(&readme, "no markers").unwrap();
+        assert!(write_summary(&readme, std::slice::from_ref(&r)).is_err());
+        std::fs::remove_dir_all(&dir).ok();
         let table = markdown_table(&[r]);
         assert_eq!(table.lines().count(), 4, "{table}");
+        let grew = peak_memory_probe(&path, Engine::Tinykd).unwrap();
+        assert!(grew > 0, "the runtime's model copy and arena are resident");
         let err = bench_model(Path::new("/nonexistent.onnx"), &[Engine::Tinykd], &cfg).unwrap_err();
         assert!(err.to_string().contains("/nonexistent.onnx"), "{err}");
     }

@@ -16,7 +16,11 @@
 
 use core::arch::x86_64::*;
 
+use super::generic::activation::Activation;
+use super::generic::conv::ConvGeometry;
 use super::generic::inner;
+use super::lanes;
+use crate::quant::{OutputStage, QElem};
 
 /// The name [`super::simd_path`] reports for this path.
 pub const NAME: &str = "avx2";
@@ -75,6 +79,108 @@ pub fn axpy_f32(y: &mut [f32], alpha: f32, x: &[f32]) {
     }
     // SAFETY: `available` checked that the CPU supports AVX2 and FMA.
     unsafe { axpy_f32_avx2(y, alpha, x) }
+}
+
+/// See [`super::conv_tiled::conv2d_f32`].
+#[inline]
+pub fn conv2d_f32_tiled(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) -> bool {
+    // SAFETY: `available` checked that the CPU supports AVX2 and FMA.
+    available() && unsafe { conv2d_f32_tiled_avx2(g, x, w, bias, act, y) }
+}
+
+/// The tiled conv compiled for AVX2 + FMA, so its lanes are `ymm` registers.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn conv2d_f32_tiled_avx2(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) -> bool {
+    super::conv_tiled::conv2d_f32::<F32x8>(g, x, w, bias, act, y)
+}
+
+/// See [`super::conv_tiled::conv2d_i8_requant`].
+#[inline]
+pub fn conv2d_i8_requant_tiled<X: QElem, W: QElem, Y: QElem>(
+    g: &ConvGeometry,
+    x: &[X],
+    zx: X,
+    w: &[W],
+    zw: &[W],
+    out: &OutputStage<'_, Y>,
+    y: &mut [Y],
+) -> bool {
+    // SAFETY: `available` checked that the CPU supports AVX2 and FMA.
+    available() && unsafe { conv2d_i8_requant_tiled_avx2(g, x, zx, w, zw, out, y) }
+}
+
+/// The tiled int8 conv compiled for AVX2 + FMA.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn conv2d_i8_requant_tiled_avx2<X: QElem, W: QElem, Y: QElem>(
+    g: &ConvGeometry,
+    x: &[X],
+    zx: X,
+    w: &[W],
+    zw: &[W],
+    out: &OutputStage<'_, Y>,
+    y: &mut [Y],
+) -> bool {
+    super::conv_tiled::conv2d_i8_requant::<F32x8, X, W, Y>(g, x, zx, w, zw, out, y)
+}
+
+/// Eight f32 lanes in one `ymm` register. Its methods are only called from
+/// code compiled with AVX2 and FMA (the `#[target_feature]` functions above,
+/// into which they inline).
+#[derive(Clone, Copy)]
+struct F32x8(__m256);
+
+impl lanes::F32x8 for F32x8 {
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        // SAFETY: the caller guarantees 8 readable floats; AVX is enabled
+        // wherever this inlines.
+        F32x8(unsafe { _mm256_loadu_ps(p) })
+    }
+
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        // SAFETY: as for `load`, with 8 writable floats.
+        unsafe { _mm256_storeu_ps(p, self.0) }
+    }
+
+    #[inline(always)]
+    fn splat(v: f32) -> Self {
+        // SAFETY: AVX is enabled wherever this inlines.
+        F32x8(unsafe { _mm256_set1_ps(v) })
+    }
+
+    #[inline(always)]
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        // SAFETY: FMA is enabled wherever this inlines.
+        F32x8(unsafe { _mm256_fmadd_ps(a.0, b.0, self.0) })
+    }
+
+    #[inline(always)]
+    fn relu(self) -> Self {
+        // SAFETY: AVX is enabled wherever this inlines. `max(0, x)` returns
+        // its second operand when either is NaN, so NaN stays NaN.
+        F32x8(unsafe { _mm256_max_ps(_mm256_setzero_ps(), self.0) })
+    }
 }
 
 /// Wrapping sum of the eight int32 lanes.

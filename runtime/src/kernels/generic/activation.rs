@@ -1,6 +1,11 @@
 //! Element-wise activations with ONNX semantics, usable stand-alone or fused
 //! into the output loop of another kernel.
+//!
+//! Sigmoid and Tanh exist with the `op-sigmoid` feature only: every kernel
+//! with a fused activation matches on all the variants, so without them no
+//! build links libm's `expf`/`tanhf` for a model that never uses them.
 
+#[cfg(feature = "op-sigmoid")]
 use libm::{expf, tanhf};
 
 /// An element-wise activation function (ONNX operator semantics).
@@ -23,8 +28,10 @@ pub enum Activation {
         max: f32,
     },
     /// `1 / (1 + e^-x)`.
+    #[cfg(feature = "op-sigmoid")]
     Sigmoid,
     /// Hyperbolic tangent.
+    #[cfg(feature = "op-sigmoid")]
     Tanh,
     /// `max(0, min(1, alpha * x + beta))`.
     HardSigmoid {
@@ -69,6 +76,7 @@ fn clip(x: f32, min: f32, max: f32) -> f32 {
     }
 }
 
+#[cfg(feature = "op-sigmoid")]
 #[inline(always)]
 fn sigmoid(x: f32) -> f32 {
     // Only ever exponentiate a non-positive number: e^x cannot overflow, and
@@ -115,10 +123,12 @@ macro_rules! dispatch {
                 let $f = move |x| clip(x, min, max);
                 $body
             }
+            #[cfg(feature = "op-sigmoid")]
             Activation::Sigmoid => {
                 let $f = sigmoid;
                 $body
             }
+            #[cfg(feature = "op-sigmoid")]
             Activation::Tanh => {
                 let $f = tanhf;
                 $body

@@ -19,7 +19,11 @@
 
 use core::arch::aarch64::*;
 
+use super::generic::activation::Activation;
+use super::generic::conv::ConvGeometry;
 use super::generic::inner;
+use super::lanes;
+use crate::quant::{OutputStage, QElem};
 
 /// The name [`super::simd_path`] reports for this path.
 #[cfg(all(target_feature = "neon", target_feature = "dotprod"))]
@@ -254,6 +258,81 @@ fn axpy_f32_neon(y: &mut [f32], alpha: f32, x: &[f32]) {
         }
     }
     inner::axpy_f32(y16.into_remainder(), alpha, x16.remainder());
+}
+
+/// See [`super::conv_tiled::conv2d_f32`].
+#[cfg(target_feature = "neon")]
+#[inline]
+pub fn conv2d_f32_tiled(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+    y: &mut [f32],
+) -> bool {
+    super::conv_tiled::conv2d_f32::<F32x8>(g, x, w, bias, act, y)
+}
+
+/// See [`super::conv_tiled::conv2d_i8_requant`].
+#[cfg(target_feature = "neon")]
+#[inline]
+pub fn conv2d_i8_requant_tiled<X: QElem, W: QElem, Y: QElem>(
+    g: &ConvGeometry,
+    x: &[X],
+    zx: X,
+    w: &[W],
+    zw: &[W],
+    out: &OutputStage<'_, Y>,
+    y: &mut [Y],
+) -> bool {
+    super::conv_tiled::conv2d_i8_requant::<F32x8, X, W, Y>(g, x, zx, w, zw, out, y)
+}
+
+/// Eight f32 lanes in two `q` registers (the build enables NEON everywhere).
+#[cfg(target_feature = "neon")]
+#[derive(Clone, Copy)]
+struct F32x8(float32x4_t, float32x4_t);
+
+#[cfg(target_feature = "neon")]
+impl lanes::F32x8 for F32x8 {
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        // SAFETY: the caller guarantees 8 readable floats; `ld1` has no
+        // alignment needs.
+        unsafe { F32x8(vld1q_f32(p), vld1q_f32(p.add(4))) }
+    }
+
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        // SAFETY: as for `load`, with 8 writable floats.
+        unsafe {
+            vst1q_f32(p, self.0);
+            vst1q_f32(p.add(4), self.1);
+        }
+    }
+
+    #[inline(always)]
+    fn splat(v: f32) -> Self {
+        // SAFETY: the build enables NEON (this impl's cfg).
+        unsafe { F32x8(vdupq_n_f32(v), vdupq_n_f32(v)) }
+    }
+
+    #[inline(always)]
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        // SAFETY: the build enables NEON (this impl's cfg).
+        unsafe { F32x8(vfmaq_f32(self.0, a.0, b.0), vfmaq_f32(self.1, a.1, b.1)) }
+    }
+
+    #[inline(always)]
+    fn relu(self) -> Self {
+        // SAFETY: the build enables NEON (this impl's cfg). `fmax` returns
+        // NaN when either operand is NaN.
+        unsafe {
+            let zero = vdupq_n_f32(0.0);
+            F32x8(vmaxq_f32(self.0, zero), vmaxq_f32(self.1, zero))
+        }
+    }
 }
 
 #[cfg(test)]
