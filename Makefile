@@ -127,7 +127,9 @@ bench: build
 		models/students/ds-cnn-kd.int8.onnx models/students/ds-cnn-kd.onnx
 	$(PYTHON) scripts/linux_counts.py --out-dir bench
 	$(CARGO) bench -p tinykd-runtime --features std --bench kernels -- \
-		--warm-up-time 0.3 --measurement-time 0.7 | grep -E '^n=' > bench/kernels.txt.tmp
+		--warm-up-time 0.3 --measurement-time 0.7 | \
+		awk '/^(n=|conv\/)/ { if ($$0 ~ /time:/) print; else id = $$1; next } id && /^ +time:/ { sub(/^ +/, ""); print id "  " $$0; id = "" }' \
+		> bench/kernels.txt.tmp
 	mv bench/kernels.txt.tmp bench/kernels.txt
 	$(PYTHON) scripts/code_size.py $(SIZE_MLP) > bench/size.txt.tmp
 	mv bench/size.txt.tmp bench/size.txt
