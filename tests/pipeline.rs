@@ -429,3 +429,68 @@ fn cli_report_measures_every_compression_of_a_student_and_reuses_its_runs() {
     let r2: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(r2, r);
 }
+
+#[test]
+fn cli_weighs_an_ensemble_by_validation_accuracy() {
+    data_dir();
+    let out = temp("accuracy-weighted.onnx");
+    let cache = temp("accuracy-cache");
+    let r = tinykd_cli(&[
+        "distill",
+        "--teacher",
+        "models/teachers/cnn.onnx",
+        "--teacher",
+        "models/demo/fashion_mlp.onnx",
+        "--teacher-weights",
+        "accuracy",
+        "--student",
+        "models/students/mlp-40.toml",
+        "--limit",
+        "300",
+        "--val",
+        "300",
+        "--epochs",
+        "1",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    // One line per teacher, the weights summing to 1 and favouring neither
+    // wildly (both are ~90 % accurate).
+    let weights: Vec<f64> = err
+        .lines()
+        .filter(|l| l.contains("validation accuracy"))
+        .map(|l| l.rsplit("weight ").next().unwrap().trim().parse().unwrap())
+        .collect();
+    assert_eq!(weights.len(), 2, "{err}");
+    assert!(
+        (weights.iter().sum::<f64>() - 1.0).abs() < 2e-3,
+        "{weights:?}"
+    );
+    assert!(
+        weights.iter().all(|&w| (0.3..0.7).contains(&w)),
+        "{weights:?}"
+    );
+    assert!(out.exists());
+    // Without a validation split there is nothing to weigh by.
+    let r = tinykd_cli(&[
+        "distill",
+        "--teacher",
+        "models/teachers/cnn.onnx",
+        "--teacher-weights",
+        "accuracy",
+        "--student",
+        "models/students/mlp-40.toml",
+        "--limit",
+        "100",
+        "--val",
+        "0",
+        "--out",
+        temp("never-weighted.onnx").to_str().unwrap(),
+    ]);
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("needs a validation split"));
+}

@@ -145,7 +145,7 @@ pub fn run(a: &PruneArgs) -> Result<()> {
             r
         }
     };
-    let (ensemble, shas) = load_ensemble(&a.teachers, &[], recipe.ensemble, a.teacher_engine)?;
+    let (ensemble, shas) = load_ensemble(&a.teachers, None, recipe.ensemble, a.teacher_engine)?;
     let (mut trainer, figures) = match resumed {
         Some(t) => {
             let f = serde_json::from_str(t.tag("prune").unwrap_or_default())

@@ -116,15 +116,45 @@ pub struct TrainArgs {
     run: RunArgs,
 }
 
+/// `--teacher-weights`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TeacherWeights {
+    /// One weight per teacher.
+    Fixed(Vec<f32>),
+    /// By each teacher's accuracy on the validation split
+    /// ([`tinykd::teacher::accuracy_weights`]).
+    Accuracy,
+}
+
+impl std::str::FromStr for TeacherWeights {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s == "accuracy" {
+            return Ok(TeacherWeights::Accuracy);
+        }
+        s.split(',')
+            .map(|w| {
+                w.trim().parse::<f32>().map_err(|_| {
+                    format!("'{w}' is not a number (give W,W,... or the word accuracy)")
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map(TeacherWeights::Fixed)
+    }
+}
+
 /// The teachers and the student, shared by `distill` and `sweep`.
 #[derive(clap::Args)]
 pub struct PairArgs {
     /// A teacher (any ONNX classifier); repeat for an ensemble.
     #[arg(long = "teacher", required = true)]
     teachers: Vec<PathBuf>,
-    /// Ensemble weights, one per teacher (default: equal).
-    #[arg(long, value_delimiter = ',')]
-    teacher_weights: Vec<f32>,
+    /// Ensemble weights: one number per teacher (default: equal), or
+    /// `accuracy` for weights by each teacher's accuracy on the validation
+    /// split (its margin over chance).
+    #[arg(long, value_name = "W,W,...|accuracy")]
+    teacher_weights: Option<TeacherWeights>,
     /// Which engine runs the teachers.
     #[arg(long, value_enum, default_value = "tract")]
     teacher_engine: TeacherEngine,
@@ -467,14 +497,17 @@ fn recipe_of(a: &DistillArgs) -> Result<Recipe> {
 /// The teachers as an ensemble, and their sha256s joined by commas.
 pub(super) fn load_ensemble(
     paths: &[PathBuf],
-    weights: &[f32],
+    weights: Option<&TeacherWeights>,
     mode: EnsembleMode,
     engine: TeacherEngine,
 ) -> Result<(Ensemble, String)> {
-    let weights = if weights.is_empty() {
-        vec![1.0; paths.len()]
-    } else if weights.len() == paths.len() {
-        weights.to_vec()
+    let weights = match weights {
+        // Accuracy weights come later, from the validation split.
+        None | Some(TeacherWeights::Accuracy) => vec![1.0; paths.len()],
+        Some(TeacherWeights::Fixed(w)) => w.clone(),
+    };
+    let weights = if weights.len() == paths.len() {
+        weights
     } else {
         bail!(
             "--teacher-weights has {} values for {} teachers",
@@ -495,6 +528,56 @@ pub(super) fn load_ensemble(
         .collect::<Vec<_>>()
         .join(",");
     Ok((ensemble, shas))
+}
+
+/// With `--teacher-weights accuracy`, the ensemble reweighted by each
+/// member's accuracy on the validation split (its logits cached like the
+/// training set's); otherwise the ensemble as it is.
+fn weigh_teachers(
+    ensemble: Ensemble,
+    weights: Option<&TeacherWeights>,
+    data: &Data,
+    cache_dir: &Path,
+    quiet: bool,
+) -> Result<Ensemble> {
+    if weights != Some(&TeacherWeights::Accuracy) {
+        return Ok(ensemble);
+    }
+    if data.split.val.is_empty() {
+        bail!("--teacher-weights accuracy needs a validation split (--val > 0)");
+    }
+    let val = &data.split.val;
+    let logits = ensemble.cached_logits(
+        &data.train,
+        val,
+        Normalization::default(),
+        cache_dir,
+        |_, _, _| {},
+    )?;
+    let accuracies: Vec<f64> = logits
+        .iter()
+        .map(|l| {
+            let right = l
+                .predictions()
+                .iter()
+                .zip(val)
+                .filter(|(&p, &i)| p == usize::from(data.train.labels[i]))
+                .count();
+            right as f64 / val.len() as f64
+        })
+        .collect();
+    let weights = tinykd::teacher::accuracy_weights(&accuracies, ensemble.classes())?;
+    let ensemble = ensemble.reweighted(&weights)?;
+    if !quiet {
+        for ((t, w), a) in ensemble.members().iter().zip(&accuracies) {
+            eprintln!(
+                "teacher {}: validation accuracy {:.2} %, weight {w:.3}",
+                t.path().display(),
+                100.0 * a
+            );
+        }
+    }
+    Ok(ensemble)
 }
 
 /// Replaces the transfer set by the recipe's augmented views, if it asks for them.
@@ -579,7 +662,7 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
     };
     let (ensemble, shas) = load_ensemble(
         &a.pair.teachers,
-        &a.pair.teacher_weights,
+        a.pair.teacher_weights.as_ref(),
         recipe.ensemble,
         a.pair.teacher_engine,
     )?;
@@ -622,6 +705,13 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
     };
     bind_split(&mut trainer, &a.run)?;
     let mut data = load_data(&a.run)?;
+    let ensemble = weigh_teachers(
+        ensemble,
+        a.pair.teacher_weights.as_ref(),
+        &data,
+        &a.pair.cache_dir,
+        a.run.json,
+    )?;
     let teachers = (&ensemble, shas.as_str());
     let test = data.test.clone();
     let (out, json_out) = (a.run.out.clone(), a.run.json);
@@ -740,7 +830,7 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
     base.fit.seed = a.seed;
     let (ensemble, shas) = load_ensemble(
         &a.pair.teachers,
-        &a.pair.teacher_weights,
+        a.pair.teacher_weights.as_ref(),
         base.ensemble,
         a.pair.teacher_engine,
     )?;
@@ -759,6 +849,13 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
         bail!("sweep: --val 0 leaves nothing to score the trials on");
     }
     ensemble.check_classes(data.train.classes)?;
+    let ensemble = weigh_teachers(
+        ensemble,
+        a.pair.teacher_weights.as_ref(),
+        &data,
+        &a.pair.cache_dir,
+        a.json,
+    )?;
     apply_transfer(&base, &mut data)?;
     let targets = teacher_targets(&base, &ensemble, &data, &a.pair.cache_dir, a.json)?;
     let spec = load_spec(&a.pair.student)?;

@@ -83,6 +83,24 @@ impl Ensemble {
         Ok(Ensemble { members, mode })
     }
 
+    /// The same members with new weights (normalised here, as in [`Self::new`]).
+    pub fn reweighted(self, weights: &[f32]) -> Result<Ensemble, TeacherError> {
+        if weights.len() != self.members.len() {
+            return Err(TeacherError::Ensemble(format!(
+                "{} weights for {} teachers",
+                weights.len(),
+                self.members.len()
+            )));
+        }
+        let members = self
+            .members
+            .into_iter()
+            .zip(weights)
+            .map(|((t, _), &w)| (t, w))
+            .collect();
+        Ensemble::new(members, self.mode)
+    }
+
     /// The members and their normalised weights.
     pub fn members(&self) -> &[(Teacher, f32)] {
         &self.members
@@ -164,6 +182,36 @@ impl Ensemble {
 }
 
 /// Weights scaled to sum 1; errors if any is negative or not finite, or
+/// Ensemble weights from each member's accuracy on held-out data:
+/// proportional to its margin over chance (`1/classes`), so a member no
+/// better than guessing gets weight 0 and the spread between good teachers
+/// is not flattened by their shared baseline; normalised to sum 1. An error
+/// if no member beats chance.
+pub fn accuracy_weights(accuracies: &[f64], classes: usize) -> Result<Vec<f32>, TeacherError> {
+    let chance = 1.0 / classes.max(1) as f64;
+    if let Some(a) = accuracies.iter().find(|a| !(0.0..=1.0).contains(*a)) {
+        return Err(TeacherError::Ensemble(format!(
+            "accuracy {a} is not in [0, 1]"
+        )));
+    }
+    let margins: Vec<f32> = accuracies
+        .iter()
+        .map(|&a| (a - chance).max(0.0) as f32)
+        .collect();
+    if margins.iter().all(|&m| m == 0.0) {
+        return Err(TeacherError::Ensemble(format!(
+            "no teacher beats chance ({:.1} %) on the validation split: {}",
+            100.0 * chance,
+            accuracies
+                .iter()
+                .map(|a| format!("{:.1} %", 100.0 * a))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    normalize_weights(&margins)
+}
+
 /// all are zero, or there are none.
 pub fn normalize_weights(weights: &[f32]) -> Result<Vec<f32>, TeacherError> {
     if weights.is_empty() {
@@ -311,6 +359,21 @@ mod tests {
             let p = combine(&[&a, &b], &[0.5, 0.5], 2, 1.0, mode).unwrap();
             close(&p, &[1.0, 0.0, 0.5, 0.5]);
         }
+    }
+
+    #[test]
+    fn accuracy_weights_follow_the_margin_over_chance() {
+        let w = accuracy_weights(&[0.9, 0.5, 0.1], 10).unwrap();
+        // Margins 0.8, 0.4 and 0: 2/3, 1/3, 0.
+        assert!(
+            (w[0] - 2.0 / 3.0).abs() < 1e-6 && (w[1] - 1.0 / 3.0).abs() < 1e-6,
+            "{w:?}"
+        );
+        assert_eq!(w[2], 0.0);
+        assert_eq!(accuracy_weights(&[0.7, 0.7], 10).unwrap(), [0.5, 0.5]);
+        let e = accuracy_weights(&[0.1, 0.05], 10).unwrap_err().to_string();
+        assert!(e.contains("chance") && e.contains("10.0 %"), "{e}");
+        assert!(accuracy_weights(&[1.5], 10).is_err());
     }
 
     #[test]

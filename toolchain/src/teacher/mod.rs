@@ -19,7 +19,7 @@ pub mod runner;
 mod testutil;
 
 pub use cache::{cached_logits, cached_shard, merge_shards, CacheKey, Shard};
-pub use ensemble::{combine, normalize_weights, Ensemble, EnsembleMode};
+pub use ensemble::{accuracy_weights, combine, normalize_weights, Ensemble, EnsembleMode};
 pub use logits::{data_sha256, logits_for, Logits, BATCH};
 pub use runner::{parse_normalization, BatchDim, Teacher, TeacherEngine};
 
