@@ -494,3 +494,83 @@ fn cli_weighs_an_ensemble_by_validation_accuracy() {
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("needs a validation split"));
 }
+
+#[test]
+fn cli_chains_assistants_and_born_again_generations_and_resumes() {
+    data_dir();
+    let out = temp("chain/student.onnx");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "distill",
+            "--teacher",
+            "models/teachers/cnn.onnx",
+            "--student",
+            "models/students/mlp-40.toml",
+            "--via",
+            "models/students/mlp-800.toml",
+            "--generations",
+            "2",
+            "--limit",
+            "300",
+            "--val",
+            "100",
+            "--epochs",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        a.extend(extra);
+        tinykd_cli(&a)
+    };
+    let r = args(&[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let table = String::from_utf8_lossy(&r.stdout);
+    let rows: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with("| assistant") || l.starts_with("| student"))
+        .collect();
+    assert_eq!(rows.len(), 3, "{table}");
+    assert!(
+        rows[0].contains("mlp-800.toml") && rows[0].contains("cnn.onnx"),
+        "{table}"
+    );
+    assert!(
+        rows[1].contains("student.ta1.onnx") && rows[2].contains("student.gen1.onnx"),
+        "{table}"
+    );
+    let stages = ["student.ta1.onnx", "student.gen1.onnx", "student.onnx"];
+    let dir = out.parent().unwrap();
+    let written: Vec<Vec<u8>> = stages
+        .iter()
+        .map(|f| std::fs::read(dir.join(f)).unwrap())
+        .collect();
+    // --resume keeps finished stages: nothing is retrained, the files stay.
+    let r = args(&["--resume", "--json"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let text = String::from_utf8_lossy(&r.stdout);
+    let chain: serde_json::Value =
+        serde_json::from_str(&text).expect("one JSON document: nothing retrained");
+    assert_eq!(chain["chain"].as_array().map(Vec::len), Some(3), "{text}");
+    for (f, before) in stages.iter().zip(&written) {
+        assert_eq!(
+            &std::fs::read(dir.join(f)).unwrap(),
+            before,
+            "{f} was rewritten"
+        );
+    }
+    // A chain's stages teach each other as ONNX: --out must be .onnx.
+    let r = tinykd_cli(&[
+        "distill",
+        "--teacher",
+        "models/teachers/cnn.onnx",
+        "--student",
+        "models/students/mlp-40.toml",
+        "--generations",
+        "2",
+        "--out",
+        temp("chain.safetensors").to_str().unwrap(),
+    ]);
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("must end in .onnx"));
+}

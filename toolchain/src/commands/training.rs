@@ -18,7 +18,7 @@ use tinykd::train::fit::{
 use tinykd::train::model::{Kernels, ModelSpec};
 
 /// Options shared by `train` and `distill`: data, output, resumption.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct RunArgs {
     /// Where to write the trained model: `.onnx` (exported) or `.safetensors` (weights).
     #[arg(long)]
@@ -48,7 +48,7 @@ pub struct RunArgs {
 }
 
 /// Training settings as flags; each one given overrides the recipe's.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct FitArgs {
     /// Passes over the training set [default: 10].
     #[arg(long)]
@@ -145,7 +145,7 @@ impl std::str::FromStr for TeacherWeights {
 }
 
 /// The teachers and the student, shared by `distill` and `sweep`.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct PairArgs {
     /// A teacher (any ONNX classifier); repeat for an ensemble.
     #[arg(long = "teacher", required = true)]
@@ -170,7 +170,7 @@ pub struct PairArgs {
 }
 
 /// Options of `tinykd distill`.
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct DistillArgs {
     #[command(flatten)]
     pair: PairArgs,
@@ -205,6 +205,20 @@ pub struct DistillArgs {
     /// (`--init`) at a lower learning rate.
     #[arg(long)]
     qat: bool,
+    /// Teacher assistants (Mirzadeh et al. 2020): student specs of
+    /// intermediate size, in order; the teacher distills into the first,
+    /// each into the next, the last into `--student`. Each is written next
+    /// to `--out` as OUT.ta1.onnx, OUT.ta2.onnx, ...
+    #[arg(long = "via", value_name = "SPEC")]
+    assistants: Vec<String>,
+    /// Born-again generations (Furlanello et al. 2018): after the student
+    /// is distilled, a fresh copy of it is distilled from it, N − 1 times;
+    /// generation k is written as OUT.gen{k}.onnx, the last as OUT; each
+    /// generation's weights start from the recipe's seed + k − 1. A chain
+    /// prints each stage's report (with --json, one JSON document per stage
+    /// and then one for the chain) and a table of test accuracies.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    generations: usize,
     #[command(flatten)]
     fit: FitArgs,
     #[command(flatten)]
@@ -636,8 +650,134 @@ fn teacher_targets(
     })
 }
 
-/// `tinykd distill`.
+/// `tinykd distill`: one distillation, or a chain of them through teacher
+/// assistants (`--via`) and/or born-again generations (`--generations`).
 pub fn distill(a: &DistillArgs) -> Result<()> {
+    if a.assistants.is_empty() && a.generations <= 1 {
+        return distill_one(a);
+    }
+    if a.generations == 0 {
+        bail!("--generations must be at least 1");
+    }
+    if a.qat || a.init.is_some() {
+        bail!("--via and --generations train every stage from scratch: use --qat/--init on a single run");
+    }
+    if a.run.out.extension().is_none_or(|e| e != "onnx") {
+        bail!(
+            "a chain's stages teach each other as ONNX models: --out {} must end in .onnx",
+            a.run.out.display()
+        );
+    }
+    let stages = chain_stages(&a.assistants, &a.pair.student, a.generations, &a.run.out);
+    // Each born-again generation starts from its own random weights.
+    let seed = recipe_of(a)?.fit.seed;
+    let test = Dataset::load(&a.run.data_dir, Split::Test)?;
+    let mut teachers = a.pair.teachers.clone();
+    let mut report = Vec::new();
+    for (k, (name, spec, out)) in stages.iter().enumerate() {
+        let mut stage = a.clone();
+        stage.assistants.clear();
+        stage.generations = 1;
+        stage.pair.student = spec.clone();
+        stage.run.out = out.clone();
+        stage.fit.seed = Some(seed + k.saturating_sub(a.assistants.len()) as u64);
+        if k > 0 {
+            // The previous stage is the only teacher.
+            stage.pair.teacher_weights = None;
+        }
+        stage.pair.teachers = teachers;
+        // With --resume, finished stages are kept and a killed one continues.
+        stage.run.resume = a.run.resume && checkpoint_path(out).exists();
+        if !(a.run.resume && stage_done(out)) {
+            if !a.run.json {
+                eprintln!(
+                    "chain: stage {} of {}: {name} ({spec})",
+                    k + 1,
+                    stages.len()
+                );
+            }
+            distill_one(&stage)?;
+        }
+        let eval = tinykd::eval::evaluate(out, &test, EngineKind::Tinykd, 100)?;
+        report.push(serde_json::json!({
+            "stage": name, "student": spec, "model": out, "teachers": stage.pair.teachers,
+            "test_accuracy": eval.accuracy,
+        }));
+        teachers = vec![out.clone()];
+    }
+    if a.run.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"chain": report}))?
+        );
+    } else {
+        println!(
+            "| stage | student | teacher | test accuracy (runtime) |\n| --- | --- | --- | ---: |"
+        );
+        for r in &report {
+            let teacher = r["teachers"].as_array().map_or(String::new(), |t| {
+                t.iter()
+                    .filter_map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            });
+            println!(
+                "| {} | {} | {teacher} | {:.2} % |",
+                r["stage"].as_str().unwrap_or_default(),
+                r["student"].as_str().unwrap_or_default(),
+                100.0 * r["test_accuracy"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The stages of a chain: (name, student spec, output) for each assistant,
+/// the student, and its further generations; the last writes `out`.
+fn chain_stages(
+    assistants: &[String],
+    student: &str,
+    generations: usize,
+    out: &Path,
+) -> Vec<(String, String, PathBuf)> {
+    let sibling = |suffix: String| out.with_extension(format!("{suffix}.onnx"));
+    let mut stages: Vec<(String, String, PathBuf)> = assistants
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            (
+                format!("assistant {}", i + 1),
+                spec.clone(),
+                sibling(format!("ta{}", i + 1)),
+            )
+        })
+        .collect();
+    for g in 1..=generations.max(1) {
+        let name = if generations > 1 {
+            format!("student, generation {g}")
+        } else {
+            "student".into()
+        };
+        let path = if g == generations.max(1) {
+            out.to_path_buf()
+        } else {
+            sibling(format!("gen{g}"))
+        };
+        stages.push((name, student.to_string(), path));
+    }
+    stages
+}
+
+/// Whether the run that writes `out` finished: its model exists and its
+/// checkpoint reached the configured epochs.
+fn stage_done(out: &Path) -> bool {
+    out.exists()
+        && Trainer::resume(&checkpoint_path(out), None)
+            .is_ok_and(|t| t.epochs_done() >= t.config().epochs)
+}
+
+/// One distillation run (see [`distill`]).
+fn distill_one(a: &DistillArgs) -> Result<()> {
     if a.qat && a.run.out.extension().is_none_or(|e| e != "onnx") {
         bail!(
             "--qat writes an int8 ONNX model: --out {} must end in .onnx",
