@@ -653,11 +653,11 @@ fn teacher_targets(
 /// `tinykd distill`: one distillation, or a chain of them through teacher
 /// assistants (`--via`) and/or born-again generations (`--generations`).
 pub fn distill(a: &DistillArgs) -> Result<()> {
-    if a.assistants.is_empty() && a.generations <= 1 {
-        return distill_one(a);
-    }
     if a.generations == 0 {
         bail!("--generations must be at least 1");
+    }
+    if a.assistants.is_empty() && a.generations == 1 {
+        return distill_one(a);
     }
     if a.qat || a.init.is_some() {
         bail!("--via and --generations train every stage from scratch: use --qat/--init on a single run");
