@@ -83,6 +83,24 @@ fn flatten_dense() -> ModelSpec {
     }
 }
 
+/// The cross-resolution student's shape: a 2×2 average pool first (the
+/// network sees 28×28 at 14×14; odd sizes: a 3×3 pool drops the last row
+/// and column of 14), then a conv stack.
+fn avg_pooled() -> ModelSpec {
+    ModelSpec {
+        name: "avg-pooled".into(),
+        input: vec![1, 28, 28],
+        layers: vec![
+            Layer::AvgPool { size: 2 },
+            conv(4, 3, 1, 1),
+            Layer::Relu,
+            Layer::AvgPool { size: 3 },
+            Layer::GlobalAvgPool,
+            Layer::Dense { units: 10 },
+        ],
+    }
+}
+
 /// Stride 2 in every conv, odd sizes, 3 input channels, a pool that drops
 /// a column: [3, 15, 13] → [6, 8, 7] → [6, 4, 3] → [6, 2, 2] → [5, 2, 2] → 20 → 7.
 fn strided() -> ModelSpec {
@@ -316,6 +334,11 @@ fn cnn_with_depthwise_and_gap_matches_candle_everywhere() {
 #[test]
 fn flatten_then_dense_matches_candle_everywhere() {
     check_spec(&flatten_dense(), 3);
+}
+
+#[test]
+fn average_pools_match_candle_everywhere() {
+    check_spec(&avg_pooled(), 5);
 }
 
 #[test]

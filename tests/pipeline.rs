@@ -574,3 +574,53 @@ fn cli_chains_assistants_and_born_again_generations_and_resumes() {
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("must end in .onnx"));
 }
+
+#[test]
+fn cli_cross_resolution_student_sees_14x14_and_deploys_at_28x28() {
+    data_dir();
+    let out = temp("cross-resolution.onnx");
+    let o = out.to_str().unwrap();
+    let r = tinykd_cli(&[
+        "distill",
+        "--teacher",
+        "models/teachers/cnn.onnx",
+        "--student",
+        "models/students/ds-cnn-14.toml",
+        "--limit",
+        "500",
+        "--val",
+        "100",
+        "--epochs",
+        "1",
+        "--json",
+        "--out",
+        o,
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    // The model takes the 28×28 image and averages it down first.
+    let bytes = std::fs::read(&out).unwrap();
+    let model = tinykd_runtime::Model::parse(&bytes).unwrap();
+    assert_eq!(model.nodes()[0].op_type, "AveragePool");
+    let (dims, rank) = model.inputs().next().unwrap().shape.dims();
+    assert_eq!(dims[..rank], [1, 1, 28, 28]);
+    // A quarter of the full-resolution DS-CNN's MACs, or less.
+    let full = std::fs::read(root().join("models/students/ds-cnn-kd.onnx")).unwrap();
+    let full = tinykd_runtime::Model::parse(&full).unwrap();
+    assert!(
+        4 * model.macs() <= full.macs(),
+        "{} vs {}",
+        model.macs(),
+        full.macs()
+    );
+    // The runtime scores the file as the training run reported.
+    let trained: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let eval = tinykd_cli(&["eval", o, "--json"]);
+    let e: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    let reported = trained["test"]["accuracy"]
+        .as_f64()
+        .expect("test accuracy in the JSON");
+    assert!(
+        (e["accuracy"].as_f64().unwrap() - reported).abs() < 1e-9,
+        "{e} vs {trained}"
+    );
+}

@@ -22,7 +22,10 @@ pub(crate) struct Param {
 /// One exported operation.
 pub(crate) enum Op {
     /// `Gemm(transB = 1)`: `y = x·Wᵀ + b`, weight `[out, in]`.
-    Dense { weight: Param, bias: Param },
+    Dense {
+        weight: Param,
+        bias: Param,
+    },
     /// `Conv` with a square kernel and symmetric padding; `groups` is 1, or
     /// the channel count for a depthwise conv (weight `[C, 1, K, K]`).
     Conv {
@@ -36,8 +39,14 @@ pub(crate) enum Op {
     /// `Relu`.
     Relu,
     /// `MaxPool` with window and stride `size` (floor).
-    MaxPool { size: usize },
+    MaxPool {
+        size: usize,
+    },
     /// `GlobalAveragePool` then `Flatten(axis = 1)`: `[N, C, H, W]` → `[N, C]`.
+    /// `AveragePool` with window and stride `size` (floor, no padding).
+    AvgPool {
+        size: usize,
+    },
     GlobalAvgPool,
     /// `Flatten(axis = 1)`.
     Flatten,
@@ -113,6 +122,7 @@ pub(crate) fn lower(spec: &ModelSpec, params: &[(String, Tensor)]) -> Result<Low
                 }
             }
             Layer::MaxPool { size } => Op::MaxPool { size: *size },
+            Layer::AvgPool { size } => Op::AvgPool { size: *size },
             Layer::GlobalAvgPool => Op::GlobalAvgPool,
             Layer::Relu => Op::Relu,
             Layer::Flatten => Op::Flatten,

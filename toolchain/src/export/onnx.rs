@@ -15,6 +15,7 @@
 //! | `depthwise`     | `l{i}.depthwise`: Conv(..., group=C)            | `l{i}.weight` `[C, 1, K, K]`, `l{i}.bias` |
 //! | `relu`          | `l{i}.relu`: Relu                               |                             |
 //! | `max_pool`      | `l{i}.maxpool`: MaxPool(kernel_shape=strides=[k, k]) |                        |
+//! | `avg_pool`      | `l{i}.avgpool`: AveragePool(kernel_shape=strides=[k, k]) |                   |
 //! | `global_avg_pool` | `l{i}.gap`: GlobalAveragePool, `l{i}.flatten`: Flatten(axis=1) |           |
 //! | `flatten`       | `l{i}.flatten`: Flatten(axis=1)                 |                             |
 //!
@@ -195,6 +196,13 @@ fn graph(spec: &ModelSpec, lowered: Lowered) -> pb::GraphProto {
                     ints("strides", &[size, size]),
                 ];
                 nodes.push(("maxpool", "MaxPool", vec![], attrs));
+            }
+            Op::AvgPool { size } => {
+                let attrs = vec![
+                    ints("kernel_shape", &[size, size]),
+                    ints("strides", &[size, size]),
+                ];
+                nodes.push(("avgpool", "AveragePool", vec![], attrs));
             }
             Op::GlobalAvgPool => {
                 nodes.push(("gap", "GlobalAveragePool", vec![], vec![]));

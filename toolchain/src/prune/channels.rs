@@ -103,7 +103,7 @@ pub fn prune_channels(
                     alive = Some(a.iter().flat_map(|c| c * block..(c + 1) * block).collect());
                 }
             }
-            Layer::MaxPool { .. } | Layer::GlobalAvgPool | Layer::Relu => {}
+            Layer::MaxPool { .. } | Layer::AvgPool { .. } | Layer::GlobalAvgPool | Layer::Relu => {}
         }
     }
     out.params.sort_by(|a, b| a.0.cmp(&b.0));

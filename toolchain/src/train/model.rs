@@ -50,6 +50,14 @@ pub enum Layer {
         /// Window size and stride.
         size: usize,
     },
+    /// Average pooling over `size`×`size` windows with stride `size`: as the
+    /// first layer, the student sees the image at 1/size resolution
+    /// (cross-resolution distillation) and the exported model still takes
+    /// the full-size input.
+    AvgPool {
+        /// Window size and stride.
+        size: usize,
+    },
     /// Mean over the spatial dims: [N, C, H, W] → [N, C].
     GlobalAvgPool,
     /// Rectified linear unit.
@@ -255,7 +263,9 @@ impl ModelSpec {
                         }
                     }
                 }
-                (Layer::MaxPool { size }, &[c, h, w]) if *size > 0 && h >= *size && w >= *size => {
+                (Layer::MaxPool { size } | Layer::AvgPool { size }, &[c, h, w])
+                    if *size > 0 && h >= *size && w >= *size =>
+                {
                     vec![c, h / size, w / size]
                 }
                 (Layer::GlobalAvgPool, &[c, _, _]) => vec![c],
@@ -317,6 +327,7 @@ enum Built {
         epilogue: Epilogue,
     },
     MaxPool(usize),
+    AvgPool(usize),
     GlobalAvgPool,
     Relu,
     Flatten,
@@ -450,6 +461,7 @@ impl Network {
                     }
                 }
                 Layer::MaxPool { size } => Built::MaxPool(*size),
+                Layer::AvgPool { size } => Built::AvgPool(*size),
                 Layer::GlobalAvgPool => Built::GlobalAvgPool,
                 Layer::Relu => Built::Relu,
                 Layer::Flatten => Built::Flatten,
@@ -565,6 +577,7 @@ impl Network {
                     Kernels::Candle => pool::candle_max_pool2d(&x, *size)?,
                     Kernels::Fast => pool::max_pool2d(&x, *size)?,
                 },
+                Built::AvgPool(size) => x.avg_pool2d(*size)?,
                 Built::GlobalAvgPool => match self.kernels {
                     Kernels::Candle => x.mean((2, 3))?,
                     Kernels::Fast => pool::global_avg_pool(&x)?,
