@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tinykd::data::{augmented_views, Augment, Dataset, Normalization, Split, TrainVal};
-use tinykd::distill::{Distiller, Method, Recipe, Targets, TeacherView};
+use tinykd::distill::{Distiller, Method, Recipe, Targets, TeacherView, TeacherWeights};
 use tinykd::engine::EngineKind;
 use tinykd::export::ExportMeta;
 use tinykd::teacher::{Ensemble, EnsembleMode, Teacher, TeacherEngine};
@@ -116,43 +116,15 @@ pub struct TrainArgs {
     run: RunArgs,
 }
 
-/// `--teacher-weights`.
-#[derive(Clone, Debug, PartialEq)]
-pub enum TeacherWeights {
-    /// One weight per teacher.
-    Fixed(Vec<f32>),
-    /// By each teacher's accuracy on the validation split
-    /// ([`tinykd::teacher::accuracy_weights`]).
-    Accuracy,
-}
-
-impl std::str::FromStr for TeacherWeights {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        if s == "accuracy" {
-            return Ok(TeacherWeights::Accuracy);
-        }
-        s.split(',')
-            .map(|w| {
-                w.trim().parse::<f32>().map_err(|_| {
-                    format!("'{w}' is not a number (give W,W,... or the word accuracy)")
-                })
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map(TeacherWeights::Fixed)
-    }
-}
-
 /// The teachers and the student, shared by `distill` and `sweep`.
 #[derive(clap::Args, Clone)]
 pub struct PairArgs {
     /// A teacher (any ONNX classifier); repeat for an ensemble.
     #[arg(long = "teacher", required = true)]
     teachers: Vec<PathBuf>,
-    /// Ensemble weights: one number per teacher (default: equal), or
-    /// `accuracy` for weights by each teacher's accuracy on the validation
-    /// split (its margin over chance).
+    /// Ensemble weights: one number per teacher (default: the recipe's, or
+    /// equal), or `accuracy` for weights by each teacher's accuracy on the
+    /// validation split (its margin over chance).
     #[arg(long, value_name = "W,W,...|accuracy")]
     teacher_weights: Option<TeacherWeights>,
     /// Which engine runs the teachers.
@@ -208,7 +180,8 @@ pub struct DistillArgs {
     /// Teacher assistants (Mirzadeh et al. 2020): student specs of
     /// intermediate size, in order; the teacher distills into the first,
     /// each into the next, the last into `--student`. Each is written next
-    /// to `--out` as OUT.ta1.onnx, OUT.ta2.onnx, ...
+    /// to `--out` as OUT.ta1.onnx, OUT.ta2.onnx, ... (default: the recipe's
+    /// `assistants`).
     #[arg(long = "via", value_name = "SPEC")]
     assistants: Vec<String>,
     /// Born-again generations (Furlanello et al. 2018): after the student
@@ -217,8 +190,9 @@ pub struct DistillArgs {
     /// generation's weights start from the recipe's seed + k − 1. A chain
     /// prints each stage's report (with --json, one JSON document per stage
     /// and then one for the chain) and a table of test accuracies.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    generations: usize,
+    /// (Default: the recipe's `generations`, 1.)
+    #[arg(long, value_name = "N")]
+    generations: Option<usize>,
     #[command(flatten)]
     fit: FitArgs,
     #[command(flatten)]
@@ -504,6 +478,13 @@ fn recipe_of(a: &DistillArgs) -> Result<Recipe> {
     r.ensemble = a.ensemble.unwrap_or(r.ensemble);
     r.fit = a.fit.apply(r.fit)?;
     r.fit.unlabeled |= a.unlabeled;
+    if a.pair.teacher_weights.is_some() {
+        r.teacher_weights = a.pair.teacher_weights.clone();
+    }
+    if !a.assistants.is_empty() {
+        r.assistants = a.assistants.clone();
+    }
+    r.generations = a.generations.unwrap_or(r.generations);
     r.check().map_err(|e| anyhow::anyhow!("recipe: {e}"))?;
     Ok(r)
 }
@@ -653,14 +634,12 @@ fn teacher_targets(
 /// `tinykd distill`: one distillation, or a chain of them through teacher
 /// assistants (`--via`) and/or born-again generations (`--generations`).
 pub fn distill(a: &DistillArgs) -> Result<()> {
-    if a.generations == 0 {
-        bail!("--generations must be at least 1");
-    }
-    if a.assistants.is_empty() && a.generations == 1 {
+    let recipe = recipe_of(a)?;
+    if recipe.assistants.is_empty() && recipe.generations == 1 {
         return distill_one(a);
     }
     if a.qat || a.init.is_some() {
-        bail!("--via and --generations train every stage from scratch: use --qat/--init on a single run");
+        bail!("assistants and generations train every stage from scratch: use --qat/--init on a single run");
     }
     if a.run.out.extension().is_none_or(|e| e != "onnx") {
         bail!(
@@ -668,22 +647,27 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
             a.run.out.display()
         );
     }
-    let stages = chain_stages(&a.assistants, &a.pair.student, a.generations, &a.run.out);
+    let stages = chain_stages(
+        &recipe.assistants,
+        &a.pair.student,
+        recipe.generations,
+        &a.run.out,
+    );
     // Each born-again generation starts from its own random weights.
-    let seed = recipe_of(a)?.fit.seed;
+    let seed = recipe.fit.seed;
     let test = Dataset::load(&a.run.data_dir, Split::Test)?;
     let mut teachers = a.pair.teachers.clone();
     let mut report = Vec::new();
     for (k, (name, spec, out)) in stages.iter().enumerate() {
         let mut stage = a.clone();
         stage.assistants.clear();
-        stage.generations = 1;
+        stage.generations = Some(1);
         stage.pair.student = spec.clone();
         stage.run.out = out.clone();
-        stage.fit.seed = Some(seed + k.saturating_sub(a.assistants.len()) as u64);
+        stage.fit.seed = Some(seed + k.saturating_sub(recipe.assistants.len()) as u64);
         if k > 0 {
             // The previous stage is the only teacher.
-            stage.pair.teacher_weights = None;
+            stage.pair.teacher_weights = Some(TeacherWeights::Fixed(vec![1.0]));
         }
         stage.pair.teachers = teachers;
         // With --resume, finished stages are kept and a killed one continues.
@@ -802,7 +786,7 @@ fn distill_one(a: &DistillArgs) -> Result<()> {
     };
     let (ensemble, shas) = load_ensemble(
         &a.pair.teachers,
-        a.pair.teacher_weights.as_ref(),
+        recipe.teacher_weights.as_ref(),
         recipe.ensemble,
         a.pair.teacher_engine,
     )?;
@@ -847,7 +831,7 @@ fn distill_one(a: &DistillArgs) -> Result<()> {
     let mut data = load_data(&a.run)?;
     let ensemble = weigh_teachers(
         ensemble,
-        a.pair.teacher_weights.as_ref(),
+        recipe.teacher_weights.as_ref(),
         &data,
         &a.pair.cache_dir,
         a.run.json,
@@ -967,10 +951,13 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
         bail!("sweep: the recipe's method is scratch, which has no temperature or α");
     }
     base.fit.epochs = a.epochs.unwrap_or(base.fit.epochs);
+    if a.pair.teacher_weights.is_some() {
+        base.teacher_weights = a.pair.teacher_weights.clone();
+    }
     base.fit.seed = a.seed;
     let (ensemble, shas) = load_ensemble(
         &a.pair.teachers,
-        a.pair.teacher_weights.as_ref(),
+        base.teacher_weights.as_ref(),
         base.ensemble,
         a.pair.teacher_engine,
     )?;
@@ -991,7 +978,7 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
     ensemble.check_classes(data.train.classes)?;
     let ensemble = weigh_teachers(
         ensemble,
-        a.pair.teacher_weights.as_ref(),
+        base.teacher_weights.as_ref(),
         &data,
         &a.pair.cache_dir,
         a.json,

@@ -6,4 +6,4 @@ pub mod objective;
 pub mod recipe;
 
 pub use objective::{Distiller, Targets};
-pub use recipe::{Method, Recipe, RecipeError, TeacherView, Transfer};
+pub use recipe::{Method, Recipe, RecipeError, TeacherView, TeacherWeights, Transfer};

@@ -51,6 +51,17 @@ pub struct Recipe {
     pub ensemble: EnsembleMode,
     /// The transfer set the student learns on.
     pub transfer: Transfer,
+    /// Ensemble weights: one per teacher, or by validation accuracy
+    /// (`teacher_weights = [2.0, 1.0]` or `teacher_weights = "accuracy"`);
+    /// equal when absent.
+    pub teacher_weights: Option<TeacherWeights>,
+    /// Teacher assistants (student spec files, in order) the teacher
+    /// distills through before the student (Mirzadeh et al. 2020).
+    pub assistants: Vec<String>,
+    /// Born-again generations of the student (Furlanello et al. 2018): 1 is
+    /// one distillation; k > 1 distills a fresh copy from the previous one
+    /// k − 1 times.
+    pub generations: usize,
     /// Training settings (`fit.unlabeled = true` for a transfer set without labels).
     pub fit: FitConfig,
 }
@@ -65,7 +76,69 @@ impl Default for Recipe {
             teacher_view: TeacherView::Cached,
             ensemble: EnsembleMode::Arithmetic,
             transfer: Transfer::default(),
+            teacher_weights: None,
+            assistants: Vec::new(),
+            generations: 1,
             fit: FitConfig::default(),
+        }
+    }
+}
+
+/// How an ensemble's teachers are weighted.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TeacherWeights {
+    /// One weight per teacher.
+    Fixed(Vec<f32>),
+    /// By each teacher's accuracy on the validation split
+    /// ([`crate::teacher::accuracy_weights`]).
+    Accuracy,
+}
+
+impl std::str::FromStr for TeacherWeights {
+    type Err = String;
+
+    /// `2,1` or `accuracy`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "accuracy" {
+            return Ok(TeacherWeights::Accuracy);
+        }
+        s.split(',')
+            .map(|w| {
+                w.trim().parse::<f32>().map_err(|_| {
+                    format!("'{w}' is not a number (give W,W,... or the word accuracy)")
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(TeacherWeights::Fixed)
+    }
+}
+
+/// TOML form: a list of numbers or the string "accuracy".
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum WeightsToml {
+    Fixed(Vec<f32>),
+    Word(String),
+}
+
+impl Serialize for TeacherWeights {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            TeacherWeights::Fixed(w) => WeightsToml::Fixed(w.clone()),
+            TeacherWeights::Accuracy => WeightsToml::Word("accuracy".into()),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for TeacherWeights {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match WeightsToml::deserialize(d)? {
+            WeightsToml::Fixed(w) => Ok(TeacherWeights::Fixed(w)),
+            WeightsToml::Word(w) if w == "accuracy" => Ok(TeacherWeights::Accuracy),
+            WeightsToml::Word(w) => Err(serde::de::Error::custom(format!(
+                "teacher_weights = \"{w}\": expected a list of numbers or \"accuracy\""
+            ))),
         }
     }
 }
@@ -139,6 +212,9 @@ impl Recipe {
         if self.transfer.views == 0 {
             return Err("transfer.views must be ≥ 1".into());
         }
+        if self.generations == 0 {
+            return Err("generations must be ≥ 1".into());
+        }
         if self.fit.unlabeled && matches!(self.method, Method::Scratch | Method::Dkd) {
             return Err(format!(
                 "method {:?} needs labels, but fit.unlabeled is set",
@@ -171,5 +247,51 @@ mod tests {
             ..Recipe::default()
         };
         assert!(bad.check().unwrap_err().contains("temperature"));
+    }
+
+    #[test]
+    fn chains_and_ensemble_weights_come_from_the_recipe() {
+        let r: Recipe = toml::from_str(
+            "teacher_weights = \"accuracy\"\nassistants = [\"a.toml\"]\ngenerations = 3\n",
+        )
+        .unwrap();
+        assert_eq!(r.teacher_weights, Some(TeacherWeights::Accuracy));
+        assert_eq!(
+            (r.assistants.as_slice(), r.generations),
+            (&["a.toml".to_string()][..], 3)
+        );
+        let round: Recipe = toml::from_str(&r.to_toml()).unwrap();
+        assert_eq!(round, r);
+        let fixed: Recipe = toml::from_str("teacher_weights = [2.0, 1]").unwrap();
+        assert_eq!(
+            fixed.teacher_weights,
+            Some(TeacherWeights::Fixed(vec![2.0, 1.0]))
+        );
+        assert_eq!(toml::from_str::<Recipe>(&fixed.to_toml()).unwrap(), fixed);
+        let e = toml::from_str::<Recipe>("teacher_weights = \"best\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("accuracy"), "{e}");
+        let zero = Recipe {
+            generations: 0,
+            ..Recipe::default()
+        };
+        assert!(zero.check().unwrap_err().contains("generations"));
+        assert_eq!("2,1".parse(), Ok(TeacherWeights::Fixed(vec![2.0, 1.0])));
+        assert!("2,x".parse::<TeacherWeights>().unwrap_err().contains("'x'"));
+    }
+
+    #[test]
+    fn every_shipped_recipe_reads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/recipes");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Recipe::from_toml_file(&path).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 8, "{n} recipes");
     }
 }
