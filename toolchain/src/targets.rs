@@ -170,12 +170,14 @@ pub const TARGETS: &[Target] = &[
 /// `tinykd_runtime::ops::families`) that the model at `path` uses, plus
 /// `quant-u8` where it has uint8 tensors: what a firmware needs to link.
 pub fn model_op_families(path: &Path) -> Result<Vec<&'static str>, TargetError> {
-    let failed = |reason: String| TargetError::Failed {
-        target: "cortex-m4",
-        reason: format!("{}: {reason}", path.display()),
-    };
-    let bytes = std::fs::read(path).map_err(|e| failed(e.to_string()))?;
-    let model = tinykd_runtime::Model::parse(&bytes).map_err(|e| failed(e.to_string()))?;
+    let bytes = std::fs::read(path).map_err(|source| TargetError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let model = tinykd_runtime::Model::parse(&bytes).map_err(|e| TargetError::Model {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
     let mut families: Vec<&'static str> = model
         .nodes()
         .iter()
@@ -222,6 +224,14 @@ pub enum TargetError {
         path: PathBuf,
         /// The I/O error.
         source: std::io::Error,
+    },
+    /// The model the target is built with cannot be loaded.
+    #[error("{path}: {reason}", path = path.display())]
+    Model {
+        /// The model file.
+        path: PathBuf,
+        /// Why it cannot be loaded.
+        reason: String,
     },
 }
 
