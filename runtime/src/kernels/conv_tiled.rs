@@ -140,24 +140,6 @@ impl Planes {
         // MaybeUninit<f32> has f32's layout.
         unsafe { core::slice::from_raw_parts(buf.as_ptr().cast::<f32>(), buf.len()) }
     }
-
-    /// Calls `f(lanes, index)` for each run of lanes of the tile at `q0`
-    /// that hold outputs, with the run's first output index in the plane.
-    #[inline(always)]
-    fn runs(&self, out_w: usize, q0: usize, mut f: impl FnMut(Range<usize>, usize)) {
-        let end = (q0 + TILE).min(self.positions);
-        let mut q = q0;
-        while q < end {
-            let (oy, ox) = (q / self.wp, q % self.wp);
-            if ox >= out_w {
-                q = (oy + 1) * self.wp;
-                continue;
-            }
-            let run_end = end.min(oy * self.wp + out_w);
-            f(q - q0..run_end - q0, oy * out_w + ox);
-            q = run_end;
-        }
-    }
 }
 
 /// The runs of lanes of one tile that hold outputs, found once per tile
@@ -177,11 +159,25 @@ impl Runs {
             count: 0,
             runs: [(0, 0, 0); TILE],
         };
-        // At most one run per lane, so `count` stays below TILE.
-        p.runs(out_w, q0, |lanes, i| {
-            r.runs[r.count] = (lanes.start as u8, lanes.len() as u8, i as u32);
+        let end = (q0 + TILE).min(p.positions);
+        let mut q = q0;
+        while q < end {
+            let (oy, ox) = (q / p.wp, q % p.wp);
+            if ox >= out_w {
+                // A pad column: skip to the next row.
+                q = (oy + 1) * p.wp;
+                continue;
+            }
+            let run_end = end.min(oy * p.wp + out_w);
+            // At most one run per lane, so `count` stays below TILE.
+            r.runs[r.count] = (
+                (q - q0) as u8,
+                (run_end - q) as u8,
+                (oy * out_w + ox) as u32,
+            );
             r.count += 1;
-        });
+            q = run_end;
+        }
         r
     }
 
@@ -193,6 +189,16 @@ impl Runs {
             (start..start + usize::from(len), i as usize)
         })
     }
+}
+
+/// Channels `[start, end)` as blocks (first channel, size): [`BLOCK`]
+/// at a time, then one at a time.
+fn blocks(start: usize, end: usize) -> impl Iterator<Item = (usize, usize)> {
+    let full = start + (end - start) / BLOCK * BLOCK;
+    (start..full)
+        .step_by(BLOCK)
+        .map(|c| (c, BLOCK))
+        .chain((full..end).map(|c| (c, 1)))
 }
 
 /// Adds tile `q0` of `B` output channels into `acc`. x: padded planes,
@@ -261,12 +267,33 @@ struct Pass<'a> {
 }
 
 impl Pass<'_> {
+    /// [`Self::block_of`] for `b` ([`BLOCK`] or 1) output channels.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn block<V: F32x8>(
+        &self,
+        b: usize,
+        x: &[f32],
+        x_step: usize,
+        channels: usize,
+        w: &[f32],
+        kernel_len: usize,
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+    ) {
+        if b == BLOCK {
+            self.block_of::<V, BLOCK>(x, x_step, channels, w, kernel_len, bias, y);
+        } else {
+            self.block_of::<V, 1>(x, x_step, channels, w, kernel_len, bias, y);
+        }
+    }
+
     /// `B` output channels over every tile: x, x_step as for [`accumulate`],
     /// `channels` planes summed into each output; w: the outputs' whole
     /// filters, `kernel_len` apart; bias: theirs; y: their output planes.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    fn block<V: F32x8, const B: usize>(
+    fn block_of<V: F32x8, const B: usize>(
         &self,
         x: &[f32],
         x_step: usize,
@@ -405,19 +432,12 @@ pub fn conv2d_f32<V: F32x8>(
                     out_w: g.out_w,
                     act,
                 };
-                let mut c = c0;
-                while c < c1 {
-                    let b = if c1 - c >= BLOCK { BLOCK } else { 1 };
+                for (c, b) in blocks(c0, c1) {
                     let x = &xb[(c - c0) * planes.stride..];
                     let w = &w[c * planes.taps..][..b * planes.taps];
                     let bias = bias.map(|bias| &bias[c..c + b]);
                     let y = &mut yn[c * plane_out..][..b * plane_out];
-                    if b == BLOCK {
-                        pass.block::<V, BLOCK>(x, planes.stride, 1, w, planes.taps, bias, y);
-                    } else {
-                        pass.block::<V, 1>(x, planes.stride, 1, w, planes.taps, bias, y);
-                    }
-                    c += b;
+                    pass.block::<V>(b, x, planes.stride, 1, w, planes.taps, bias, y);
                 }
             }
             continue;
@@ -435,19 +455,11 @@ pub fn conv2d_f32<V: F32x8>(
                     out_w: g.out_w,
                     act,
                 };
-                let mut oc = group * cout_g;
-                let end = oc + cout_g;
-                while oc < end {
-                    let b = if end - oc >= BLOCK { BLOCK } else { 1 };
+                for (oc, b) in blocks(group * cout_g, (group + 1) * cout_g) {
                     let w = &w[oc * kernel_len..][..b * kernel_len];
                     let bias = bias.map(|bias| &bias[oc..oc + b]);
                     let y = &mut yn[oc * plane_out..][..b * plane_out];
-                    if b == BLOCK {
-                        pass.block::<V, BLOCK>(xb, 0, c1 - c0, w, kernel_len, bias, y);
-                    } else {
-                        pass.block::<V, 1>(xb, 0, c1 - c0, w, kernel_len, bias, y);
-                    }
-                    oc += b;
+                    pass.block::<V>(b, xb, 0, c1 - c0, w, kernel_len, bias, y);
                 }
             }
         }
@@ -615,14 +627,11 @@ pub fn conv2d_i8_requant<V: F32x8, X: QElem, W: QElem, Y: QElem>(
             for c0 in (0..g.in_channels).step_by(chunk) {
                 let c1 = (c0 + chunk).min(g.in_channels);
                 let xb = planes.fill(g, &xn[c0 * plane_in..c1 * plane_in], value, &mut buf);
-                let mut c = c0;
-                while c < c1 {
-                    let b = if c1 - c >= BLOCK { BLOCK } else { 1 };
+                for (c, b) in blocks(c0, c1) {
                     let x = &xb[(c - c0) * planes.stride..];
                     let pairs = &planes.offsets[..planes.taps];
                     let y = &mut yn[c * plane_out..][..b * plane_out];
                     block.run::<V>(c, b, x, planes.stride, pairs, &mut wf, y);
-                    c += b;
                 }
             }
             continue;
@@ -631,13 +640,9 @@ pub fn conv2d_i8_requant<V: F32x8, X: QElem, W: QElem, Y: QElem>(
             let xg = &xn[group * cin_g * plane_in..][..cin_g * plane_in];
             let xb = planes.fill(g, xg, value, &mut buf);
             let pairs = &planes.offsets[..kernel_len];
-            let mut oc = group * cout_g;
-            let end = oc + cout_g;
-            while oc < end {
-                let b = if end - oc >= BLOCK { BLOCK } else { 1 };
+            for (oc, b) in blocks(group * cout_g, (group + 1) * cout_g) {
                 let y = &mut yn[oc * plane_out..][..b * plane_out];
                 block.run::<V>(oc, b, xb, 0, pairs, &mut wf, y);
-                oc += b;
             }
         }
     }
@@ -745,6 +750,14 @@ mod tests {
                 && super::super::simd_path() != "scalar";
             assert_eq!(took, has_lanes, "{g:?}");
         }
+    }
+
+    #[test]
+    fn channels_go_in_blocks_of_four_then_one_by_one() {
+        let got: Vec<_> = blocks(3, 13).collect();
+        assert_eq!(got, [(3, 4), (7, 4), (11, 1), (12, 1)]);
+        assert_eq!(blocks(5, 5).count(), 0);
+        assert_eq!(blocks(0, 4).collect::<Vec<_>>(), [(0, 4)]);
     }
 
     #[test]

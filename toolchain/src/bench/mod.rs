@@ -125,14 +125,14 @@ pub fn bench_model(
     let (shape, input) = runners::input_for(path, &bytes)?;
     let mut prepared: Vec<(Engine, Box<dyn Runner>, u64)> = Vec::new();
     for &engine in engines {
-        let before = resident_bytes();
+        let before = status_bytes("VmRSS");
         let mut r = runners::open(engine, path, &bytes, &shape, &input)?;
         for _ in 0..cfg.warmup.max(1) {
             r.run()?;
         }
         let memory = r
             .arena_bytes()
-            .unwrap_or_else(|| resident_bytes().saturating_sub(before));
+            .unwrap_or_else(|| status_bytes("VmRSS").saturating_sub(before));
         prepared.push((engine, r, memory));
     }
     let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(cfg.iters); prepared.len()];
@@ -249,17 +249,6 @@ fn status_bytes(key: &str) -> u64 {
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
-}
-
-/// This process's resident set, from /proc (0 where there is none).
-fn resident_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
 }
 
 /// Writes `results.json`, `results.md` (the table) and `results.png`
