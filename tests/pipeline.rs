@@ -624,3 +624,145 @@ fn cli_cross_resolution_student_sees_14x14_and_deploys_at_28x28() {
         "{e} vs {trained}"
     );
 }
+
+#[test]
+fn cli_feature_recipes_train_resume_exactly_and_deploy() {
+    data_dir();
+    for recipe in ["fitnets", "attention", "rkd"] {
+        let out = temp(&format!("features/{recipe}.onnx"));
+        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+        let o = out.to_str().unwrap();
+        let recipe_path = format!("models/recipes/{recipe}.toml");
+        let args = |extra: &[&str]| {
+            let mut a = vec![
+                "distill",
+                "--teacher",
+                "models/teachers/cnn.onnx",
+                "--student",
+                "models/students/ds-cnn.toml",
+                "--recipe",
+                &recipe_path,
+                "--limit",
+                "256",
+                "--val",
+                "100",
+                "--epochs",
+                "3",
+                "--out",
+                o,
+            ];
+            a.extend(extra);
+            tinykd_cli(&a)
+        };
+        let r = args(&["--json"]);
+        assert!(
+            r.status.success(),
+            "{recipe}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        let whole = std::fs::read(&out).unwrap();
+        let trained: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+        // The runtime scores the written file as the run reported.
+        let eval = tinykd_cli(&["eval", o, "--json"]);
+        let e: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+        let reported = trained["test"]["accuracy"].as_f64().unwrap();
+        assert!(
+            (e["accuracy"].as_f64().unwrap() - reported).abs() < 1e-9,
+            "{recipe}"
+        );
+        if recipe != "fitnets" {
+            continue;
+        }
+        // Killed inside the hint stage, resumed: the same bytes (the
+        // regressor's weights and moments live in the checkpoint).
+        std::fs::remove_file(&out).unwrap();
+        let r = args(&["--stop-after", "1"]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        assert!(!out.exists());
+        let r = args(&["--resume"]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        assert_eq!(std::fs::read(&out).unwrap(), whole, "resumed run differs");
+    }
+    // A teacher value that is not in the graph is named, with the known ones.
+    let bad = temp("features/bad.toml");
+    std::fs::write(
+        &bad,
+        "[[features]]\nloss = \"hint\"\nteacher = \"conv9\"\nstudent = 7\n",
+    )
+    .unwrap();
+    let r = tinykd_cli(&[
+        "distill",
+        "--teacher",
+        "models/teachers/cnn.onnx",
+        "--student",
+        "models/students/ds-cnn.toml",
+        "--recipe",
+        bad.to_str().unwrap(),
+        "--limit",
+        "64",
+        "--out",
+        temp("features/bad.onnx").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("conv9") && err.contains("l5.maxpool"),
+        "{err}"
+    );
+}
+
+#[test]
+fn cli_mutual_learning_trains_a_cohort_without_a_teacher_and_resumes() {
+    data_dir();
+    let out = temp("mutual/student.onnx");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let o = out.to_str().unwrap();
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "distill",
+            "--student",
+            "models/students/mlp-40.toml",
+            "--peer",
+            "models/students/mlp-40.toml",
+            "--recipe",
+            "models/recipes/mutual.toml",
+            "--limit",
+            "600",
+            "--val",
+            "100",
+            "--epochs",
+            "2",
+            "--out",
+            o,
+        ];
+        a.extend(extra);
+        tinykd_cli(&a)
+    };
+    let r = args(&["--json"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let members = doc["mutual"].as_array().unwrap();
+    // The recipe's peer plus the --peer flag's replace each other: one peer.
+    assert_eq!(members.len(), 2, "{doc}");
+    let peer = out.with_extension("peer1.onnx");
+    assert!(peer.exists());
+    for m in members {
+        // Well above chance (0.1) after 10 steps of each.
+        assert!(m["test_accuracy"].as_f64().unwrap() > 0.25, "{m}");
+    }
+    let (student, peer_bytes) = (std::fs::read(&out).unwrap(), std::fs::read(&peer).unwrap());
+    assert_ne!(student, peer_bytes, "the peers start from other seeds");
+    std::fs::remove_file(&out).unwrap();
+    let r = args(&["--stop-after", "1"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let r = args(&["--resume"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        student,
+        "resumed cohort differs"
+    );
+    // Mutual learning has no teacher.
+    let r = args(&["--teacher", "models/teachers/cnn.onnx"]);
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("without a teacher"));
+}

@@ -1,6 +1,7 @@
 //! The CLI's longer commands, one module per family.
 
 pub mod evaluate;
+pub mod mutual;
 pub mod prune;
 pub mod quantize;
 pub mod report;

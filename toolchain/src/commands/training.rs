@@ -7,7 +7,9 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tinykd::data::{augmented_views, Augment, Dataset, Normalization, Split, TrainVal};
-use tinykd::distill::{Distiller, Method, Recipe, Targets, TeacherView, TeacherWeights};
+use tinykd::distill::{
+    Distiller, FeatureMatcher, Method, Recipe, Targets, TeacherView, TeacherWeights,
+};
 use tinykd::engine::EngineKind;
 use tinykd::export::ExportMeta;
 use tinykd::teacher::{Ensemble, EnsembleMode, Teacher, TeacherEngine};
@@ -41,7 +43,7 @@ pub struct RunArgs {
     pub(super) resume: bool,
     /// Stop once this many epochs are done, as if killed; --resume continues.
     #[arg(long)]
-    stop_after: Option<usize>,
+    pub(super) stop_after: Option<usize>,
     /// Print a JSON summary instead of text.
     #[arg(long)]
     pub(super) json: bool,
@@ -111,16 +113,16 @@ pub struct TrainArgs {
     #[arg(long)]
     arch: String,
     #[command(flatten)]
-    fit: FitArgs,
+    pub(super) fit: FitArgs,
     #[command(flatten)]
-    run: RunArgs,
+    pub(super) run: RunArgs,
 }
 
 /// The teachers and the student, shared by `distill` and `sweep`.
 #[derive(clap::Args, Clone)]
 pub struct PairArgs {
     /// A teacher (any ONNX classifier); repeat for an ensemble.
-    #[arg(long = "teacher", required = true)]
+    #[arg(long = "teacher")]
     teachers: Vec<PathBuf>,
     /// Ensemble weights: one number per teacher (default: the recipe's, or
     /// equal), or `accuracy` for weights by each teacher's accuracy on the
@@ -170,13 +172,13 @@ pub struct DistillArgs {
     /// Start from trained weights (OUT.ckpt of train/distill, or the
     /// .safetensors of train) of the `--student` spec instead of random ones.
     #[arg(long)]
-    init: Option<PathBuf>,
+    pub(super) init: Option<PathBuf>,
     /// Quantization-aware training: weights and activations are
     /// fake-quantized as the int8 export will be, and `--out` (.onnx) is
     /// the int8 QDQ model. Usually a short fine-tune of a trained student
     /// (`--init`) at a lower learning rate.
     #[arg(long)]
-    qat: bool,
+    pub(super) qat: bool,
     /// Teacher assistants (Mirzadeh et al. 2020): student specs of
     /// intermediate size, in order; the teacher distills into the first,
     /// each into the next, the last into `--student`. Each is written next
@@ -193,10 +195,16 @@ pub struct DistillArgs {
     /// (Default: the recipe's `generations`, 1.)
     #[arg(long, value_name = "N")]
     generations: Option<usize>,
+    /// Deep mutual learning (Zhang et al. 2018): peer student specs trained
+    /// together with `--student`, each learning from the labels and the
+    /// others' predictions; no teacher. Peer k is written as
+    /// OUT.peer{k}.onnx (default: the recipe's `peers`).
+    #[arg(long = "peer", value_name = "SPEC")]
+    peers: Vec<String>,
     #[command(flatten)]
-    fit: FitArgs,
+    pub(super) fit: FitArgs,
     #[command(flatten)]
-    run: RunArgs,
+    pub(super) run: RunArgs,
 }
 
 fn parse_schedule(s: &str) -> Result<Schedule> {
@@ -212,7 +220,7 @@ fn parse_schedule(s: &str) -> Result<Schedule> {
 }
 
 /// A built-in spec by name, or a spec file.
-fn load_spec(arch: &str) -> Result<ModelSpec> {
+pub(super) fn load_spec(arch: &str) -> Result<ModelSpec> {
     match ModelSpec::builtin(arch) {
         Some(spec) => Ok(spec),
         None => Ok(ModelSpec::from_toml_file(Path::new(arch))?),
@@ -250,7 +258,7 @@ pub(super) fn bind_split(trainer: &mut Trainer, run: &RunArgs) -> Result<()> {
 /// The training and test sets, the train/validation split, and the
 /// transfer set the student learns from (the training split by default).
 pub(super) struct Data {
-    train: Arc<Dataset>,
+    pub(super) train: Arc<Dataset>,
     pub(super) test: Arc<Dataset>,
     split: TrainVal,
     transfer: Arc<Dataset>,
@@ -276,6 +284,30 @@ pub(super) fn load_data(run: &RunArgs) -> Result<Data> {
         test,
         split,
     })
+}
+
+impl Data {
+    /// The transfer set and the indices the student trains on.
+    pub(super) fn transfer(&self) -> (&Arc<Dataset>, &[usize]) {
+        (&self.transfer, &self.transfer_idx)
+    }
+
+    /// The validation indices (of the training set).
+    pub(super) fn val(&self) -> &[usize] {
+        &self.split.val
+    }
+}
+
+impl DistillArgs {
+    /// The teachers given with --teacher.
+    pub(super) fn teachers(&self) -> &[PathBuf] {
+        &self.pair.teachers
+    }
+
+    /// The --student spec.
+    pub(super) fn student(&self) -> &str {
+        &self.pair.student
+    }
 }
 
 /// Runs the epochs with a progress bar and a line per epoch, then
@@ -352,7 +384,12 @@ fn fit(
 
 /// Writes the trained model: ONNX when `out` ends in `.onnx` (int8 QDQ
 /// after quantization-aware training), else weights.
-fn write_model(trainer: &Trainer, out: &Path, data: &Data, meta: ExportMeta) -> Result<()> {
+pub(super) fn write_model(
+    trainer: &Trainer,
+    out: &Path,
+    data: &Data,
+    meta: ExportMeta,
+) -> Result<()> {
     if out.extension().is_some_and(|e| e == "onnx") {
         let norm = Normalization::default();
         let meta = ExportMeta {
@@ -485,6 +522,9 @@ fn recipe_of(a: &DistillArgs) -> Result<Recipe> {
         r.assistants = a.assistants.clone();
     }
     r.generations = a.generations.unwrap_or(r.generations);
+    if !a.peers.is_empty() {
+        r.peers = a.peers.clone();
+    }
     r.check().map_err(|e| anyhow::anyhow!("recipe: {e}"))?;
     Ok(r)
 }
@@ -635,6 +675,12 @@ fn teacher_targets(
 /// assistants (`--via`) and/or born-again generations (`--generations`).
 pub fn distill(a: &DistillArgs) -> Result<()> {
     let recipe = recipe_of(a)?;
+    if !recipe.peers.is_empty() {
+        return super::mutual::mutual(a, &recipe);
+    }
+    if a.pair.teachers.is_empty() {
+        bail!("give a --teacher (or --peer specs for mutual learning without one)");
+    }
     if recipe.assistants.is_empty() && recipe.generations == 1 {
         return distill_one(a);
     }
@@ -883,8 +929,28 @@ pub(super) fn distill_fit(
     apply_transfer(recipe, data)?;
     let norm = Normalization::default();
     let targets = teacher_targets(recipe, ensemble, data, cache_dir, run.json)?;
-    let objective = Distiller::new(recipe, Some(ensemble), targets, norm)
+    let mut objective = Distiller::new(recipe, Some(ensemble), targets, norm)
         .map_err(|e| anyhow::anyhow!("distill: {e}"))?;
+    if !recipe.features.is_empty() {
+        let [(teacher, _)] = ensemble.members() else {
+            bail!("feature pairs match one teacher's values; got an ensemble");
+        };
+        let matcher = FeatureMatcher::new(
+            &recipe.features,
+            recipe.hint_epochs,
+            teacher,
+            trainer.spec(),
+            norm,
+        )
+        .map_err(|e| anyhow::anyhow!("distill: {e}"))?;
+        let adapters = matcher.adapters(trainer.spec());
+        match trainer.adapters() {
+            None => trainer.add_adapters(adapters)?,
+            Some(a) if a.specs() == adapters.as_slice() => {}
+            Some(_) => bail!("the checkpoint's hint regressors do not fit the recipe's pairs"),
+        }
+        objective = objective.with_features(matcher);
+    }
     let Some(test) = fit(trainer, data, &objective, run)? else {
         return stopped(trainer, run);
     };

@@ -128,11 +128,17 @@ fn smooth_l1(x: &Tensor) -> Result<Tensor> {
 }
 
 /// The `[N, N]` Euclidean distances between the rows of `e` `[N, D]`, with
-/// a zero diagonal whose gradient is zero (not the NaN of √0).
+/// a zero diagonal whose gradient is zero (not the NaN of √0). From the
+/// Gram matrix, `|a|² + |b|² − 2a·b`: memory `N²`, not the `N²·D` of the
+/// differences.
 fn pairwise_distances(e: &Tensor) -> Result<Tensor> {
     let n = e.dim(0)?;
-    let diff = e.unsqueeze(0)?.broadcast_sub(&e.unsqueeze(1)?)?;
-    let squared = diff.sqr()?.sum(2)?.clamp(EPS, f64::MAX)?;
+    let gram = e.matmul(&e.t()?)?;
+    let norms = e.sqr()?.sum_keepdim(1)?;
+    let squared = norms
+        .broadcast_add(&norms.t()?)?
+        .sub(&gram.affine(2.0, 0.0)?)?
+        .clamp(EPS, f64::MAX)?;
     let off_diagonal = Tensor::eye(n, e.dtype(), e.device())?.affine(-1.0, 1.0)?;
     squared.sqrt()? * off_diagonal
 }

@@ -2,11 +2,12 @@
 //! logits and the teachers' outputs for the same images, plugged into the
 //! training loop as an [`Objective`].
 
+use super::features::FeatureMatcher;
 use super::loss;
 use super::recipe::{Method, Recipe, TeacherView};
 use crate::data::{Batch, Normalization};
 use crate::teacher::{combine, Ensemble, Logits};
-use crate::train::fit::Objective;
+use crate::train::fit::{Objective, StudentPass};
 use candle_core::{Device, Result, Tensor};
 
 /// Where the teachers' outputs for a batch come from.
@@ -27,6 +28,8 @@ pub struct Distiller<'a> {
     targets: Targets,
     /// How the batches were normalised (members may expect another).
     data_norm: Normalization,
+    /// Feature pairs matched besides the logits.
+    features: Option<FeatureMatcher>,
 }
 
 fn msg(e: impl std::fmt::Display) -> candle_core::Error {
@@ -61,7 +64,14 @@ impl<'a> Distiller<'a> {
             teachers,
             targets,
             data_norm,
+            features: None,
         })
+    }
+
+    /// Also matches the feature pairs of `matcher` (see [`super::features`]).
+    pub fn with_features(mut self, matcher: FeatureMatcher) -> Self {
+        self.features = Some(matcher);
+        self
     }
 
     /// Each member's logits `[n, classes]` for the batch.
@@ -96,7 +106,7 @@ impl<'a> Distiller<'a> {
 }
 
 /// `x` normalised with `from`, re-expressed as normalised with `to`.
-fn renormalize(x: &[f32], from: Normalization, to: Normalization) -> Vec<f32> {
+pub(super) fn renormalize(x: &[f32], from: Normalization, to: Normalization) -> Vec<f32> {
     if from == to {
         return x.to_vec();
     }
@@ -105,7 +115,32 @@ fn renormalize(x: &[f32], from: Normalization, to: Normalization) -> Vec<f32> {
 }
 
 impl Objective for Distiller<'_> {
-    fn loss(&self, student: &Tensor, batch: &Batch) -> Result<Tensor> {
+    fn loss(&self, pass: &StudentPass, batch: &Batch) -> Result<Tensor> {
+        let Some(features) = &self.features else {
+            return self.logit_loss(&pass.logits, batch);
+        };
+        let matched = features.loss(pass, batch)?;
+        if features.hint_stage(pass.epoch) {
+            return matched.ok_or_else(|| msg("no hint pair in the hint stage"));
+        }
+        let logits = self.logit_loss(&pass.logits, batch)?;
+        match matched {
+            Some(m) => logits + m,
+            None => Ok(logits),
+        }
+    }
+
+    fn taps(&self) -> Vec<usize> {
+        self.features
+            .as_ref()
+            .map(FeatureMatcher::taps)
+            .unwrap_or_default()
+    }
+}
+
+impl Distiller<'_> {
+    /// The recipe's loss on the student's logits.
+    fn logit_loss(&self, student: &Tensor, batch: &Batch) -> Result<Tensor> {
         let r = self.recipe;
         let device = Device::Cpu;
         let labels = batch

@@ -2,6 +2,7 @@
 //! teacher sees the data, and the training settings, from a TOML file
 //! (`models/recipes/*.toml`) or flags.
 
+use super::features::FeaturePair;
 use crate::data::Augment;
 use crate::teacher::EnsembleMode;
 use crate::train::fit::FitConfig;
@@ -62,6 +63,14 @@ pub struct Recipe {
     /// one distillation; k > 1 distills a fresh copy from the previous one
     /// k − 1 times.
     pub generations: usize,
+    /// Teacher values matched to student layers besides the logits
+    /// (`[[features]]` tables: FitNets hints, attention, RKD).
+    pub features: Vec<FeaturePair>,
+    /// FitNets' first stage: epochs trained on the hint pairs alone.
+    pub hint_epochs: usize,
+    /// Peer student specs trained together with the student, each
+    /// distilling from the others (deep mutual learning); no teacher.
+    pub peers: Vec<String>,
     /// Training settings (`fit.unlabeled = true` for a transfer set without labels).
     pub fit: FitConfig,
 }
@@ -79,6 +88,9 @@ impl Default for Recipe {
             teacher_weights: None,
             assistants: Vec::new(),
             generations: 1,
+            features: Vec::new(),
+            hint_epochs: 0,
+            peers: Vec::new(),
             fit: FitConfig::default(),
         }
     }
@@ -211,6 +223,12 @@ impl Recipe {
         }
         if self.transfer.views == 0 {
             return Err("transfer.views must be ≥ 1".into());
+        }
+        if self.hint_epochs >= self.fit.epochs && self.hint_epochs > 0 {
+            return Err(format!(
+                "hint_epochs {} leaves none of the {} epochs for the distillation stage",
+                self.hint_epochs, self.fit.epochs
+            ));
         }
         if self.generations == 0 {
             return Err("generations must be ≥ 1".into());

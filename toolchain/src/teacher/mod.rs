@@ -11,6 +11,7 @@
 
 pub mod cache;
 pub mod ensemble;
+pub mod features;
 pub mod logits;
 #[cfg(feature = "ort")]
 pub mod ort;
@@ -20,6 +21,7 @@ mod testutil;
 
 pub use cache::{cached_logits, cached_shard, merge_shards, CacheKey, Shard};
 pub use ensemble::{accuracy_weights, combine, normalize_weights, Ensemble, EnsembleMode};
+pub use features::TeacherFeatures;
 pub use logits::{data_sha256, logits_for, Logits, BATCH};
 pub use runner::{parse_normalization, BatchDim, Teacher, TeacherEngine};
 
@@ -37,6 +39,16 @@ pub enum TeacherError {
         path: PathBuf,
         /// The OS error.
         source: std::io::Error,
+    },
+    /// A value named for feature distillation is not in the teacher's graph.
+    #[error("{path}: no value named '{name}' in the graph (it has: {known})", path = path.display())]
+    Value {
+        /// The teacher file.
+        path: PathBuf,
+        /// The name asked for.
+        name: String,
+        /// The graph's value names.
+        known: String,
     },
     /// tract could not load, optimise or run the teacher.
     #[error("{path}: tract: {reason}", path = path.display())]

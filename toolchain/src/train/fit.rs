@@ -4,6 +4,7 @@
 //! `tinykd train` runs it with cross-entropy; distillation plugs in its own
 //! [`Objective`].
 
+use super::adapter::{self, AdapterSpec, Adapters};
 use super::checkpoint::{self, Checkpoint, CheckpointError};
 use super::model::{Kernels, ModelError, ModelSpec, Network};
 use super::optim::{AdamW, AdamWConfig, OptimError, Sgd, SgdConfig};
@@ -143,23 +144,58 @@ impl Default for FitConfig {
     }
 }
 
-/// What a training objective sees of one batch.
+/// What the student computed for one batch, as an objective sees it.
+pub struct StudentPass<'a> {
+    /// Logits `[N, classes]`.
+    pub logits: Tensor,
+    /// Outputs of the layers in [`Objective::taps`], in that order.
+    pub features: Vec<Tensor>,
+    /// The epoch being trained, from 0 (staged objectives switch on it).
+    pub epoch: usize,
+    adapters: Option<&'a Adapters>,
+}
+
+impl<'a> StudentPass<'a> {
+    /// A pass with logits only.
+    pub fn logits(logits: Tensor) -> Self {
+        Self {
+            logits,
+            features: Vec::new(),
+            epoch: 0,
+            adapters: None,
+        }
+    }
+
+    /// `x` through the trainer's adapter `name` (see [`Trainer::add_adapters`]).
+    pub fn adapt(&self, name: &str, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.adapters
+            .ok_or_else(|| candle_core::Error::Msg(format!("no adapter {name}: none were added")))?
+            .apply(name, x)
+    }
+}
+
+/// A training objective: the loss of one batch.
 pub trait Objective {
-    /// The scalar loss of `logits` `[N, classes]` for `batch`.
-    fn loss(&self, logits: &Tensor, batch: &Batch) -> candle_core::Result<Tensor>;
+    /// The scalar loss of the student's `pass` over `batch`.
+    fn loss(&self, pass: &StudentPass, batch: &Batch) -> candle_core::Result<Tensor>;
+
+    /// Spec layers whose outputs the loss reads (see [`Network::check_taps`]).
+    fn taps(&self) -> Vec<usize> {
+        Vec::new()
+    }
 }
 
 /// Cross-entropy with the batch's labels.
 pub struct CrossEntropy;
 
 impl Objective for CrossEntropy {
-    fn loss(&self, logits: &Tensor, batch: &Batch) -> candle_core::Result<Tensor> {
+    fn loss(&self, pass: &StudentPass, batch: &Batch) -> candle_core::Result<Tensor> {
         let labels = batch
             .labels
             .as_ref()
             .ok_or_else(|| candle_core::Error::Msg("cross-entropy needs labels".into()))?;
-        let y = Tensor::from_slice(labels, labels.len(), logits.device())?;
-        candle_nn::loss::cross_entropy(logits, &y)
+        let y = Tensor::from_slice(labels, labels.len(), pass.logits.device())?;
+        candle_nn::loss::cross_entropy(&pass.logits, &y)
     }
 }
 
@@ -272,6 +308,9 @@ impl Optimizer {
 /// The checkpoint tag holding the fake-quantization ranges of a QAT run.
 const QAT_TAG: &str = "qat_ranges";
 
+/// The checkpoint tag holding the adapters' shapes.
+const ADAPTERS_TAG: &str = "adapters";
+
 /// A model being trained, with its optimizer and history.
 pub struct Trainer {
     spec: ModelSpec,
@@ -284,6 +323,36 @@ pub struct Trainer {
     /// 0/1 masks by parameter name, multiplied into their parameters after
     /// every optimizer step (pruned weights stay zero); empty: none.
     masks: Vec<(String, Tensor)>,
+    /// Projections the objective trains alongside the network (not exported).
+    adapters: Option<Adapters>,
+}
+
+/// An epoch in progress: its position and running figures.
+pub struct EpochRun {
+    epoch: usize,
+    per_epoch: usize,
+    start: Instant,
+    loss_sum: f64,
+    correct: usize,
+    seen: usize,
+    lr: f64,
+}
+
+impl EpochRun {
+    /// The epoch being trained, from 0.
+    pub fn epoch(&self) -> usize {
+        self.epoch
+    }
+
+    /// Progress after the batches done so far.
+    pub fn progress(&self, batch: usize) -> Progress {
+        Progress {
+            batch,
+            batches: self.per_epoch,
+            loss: self.loss_sum / self.seen.max(1) as f64,
+            accuracy: self.correct as f64 / self.seen.max(1) as f64,
+        }
+    }
 }
 
 impl Trainer {
@@ -312,6 +381,7 @@ impl Trainer {
             history: Vec::new(),
             tags: Default::default(),
             masks: Vec::new(),
+            adapters: None,
         })
     }
 
@@ -329,6 +399,28 @@ impl Trainer {
             .collect::<candle_core::Result<Vec<_>>>()?;
         checkpoint::restore_params(Path::new("<parameters>"), &t.varmap, &values)?;
         Ok(t)
+    }
+
+    /// Adds trainable projections for the objective ([`StudentPass::adapt`]),
+    /// drawn from the run's seed; saved in checkpoints and restored on
+    /// resume. Only before the first epoch: the optimizer starts afresh.
+    pub fn add_adapters(&mut self, specs: Vec<AdapterSpec>) -> Result<(), FitError> {
+        if self.adapters.is_some() || !self.history.is_empty() {
+            return Err(FitError::Config(
+                "adapters are added once, before training".into(),
+            ));
+        }
+        let adapters = Adapters::new(specs, self.cfg.seed)?;
+        let mut vars = sorted_vars(&self.varmap);
+        vars.extend(adapters.vars());
+        self.opt = Optimizer::new(vars, &self.cfg)?;
+        self.adapters = Some(adapters);
+        Ok(())
+    }
+
+    /// The adapters added with [`Trainer::add_adapters`].
+    pub fn adapters(&self) -> Option<&Adapters> {
+        self.adapters.as_ref()
     }
 
     /// Keeps parameters masked from now on: each `(name, mask)` is
@@ -377,7 +469,30 @@ impl Trainer {
             cfg.epochs = e;
         }
         let mut t = Self::new(ck.spec.clone(), cfg)?;
-        checkpoint::restore_params(path, &t.varmap, &ck.params)?;
+        let invalid = |reason: String| CheckpointError::Invalid {
+            path: path.into(),
+            reason,
+        };
+        if let Some(text) = ck.tags.get(ADAPTERS_TAG) {
+            let specs: Vec<AdapterSpec> =
+                serde_json::from_str(text).map_err(|e| invalid(format!("adapter shapes: {e}")))?;
+            t.add_adapters(specs)?;
+        }
+        let (adapted, params): (Vec<_>, Vec<_>) = ck
+            .params
+            .iter()
+            .cloned()
+            .partition(|(k, _)| k.starts_with(adapter::PREFIX));
+        checkpoint::restore_params(path, &t.varmap, &params)?;
+        if let Some(a) = &t.adapters {
+            let adapted: Vec<_> = adapted
+                .into_iter()
+                .map(|(k, v)| (k[adapter::PREFIX.len()..].to_string(), v))
+                .collect();
+            checkpoint::restore_params(path, a.varmap(), &adapted)?;
+        } else if !adapted.is_empty() {
+            return Err(invalid("adapter parameters without their shapes".into()).into());
+        }
         t.opt
             .load_state(&ck.optimizer)
             .map_err(|e| CheckpointError::Invalid {
@@ -386,6 +501,7 @@ impl Trainer {
             })?;
         t.history = ck.history;
         t.tags = ck.tags;
+        t.tags.remove(ADAPTERS_TAG);
         if let Some(text) = t.tags.remove(QAT_TAG) {
             let bad = |reason: String| CheckpointError::Invalid {
                 path: path.into(),
@@ -482,6 +598,26 @@ impl Trainer {
         objective: &dyn Objective,
         mut progress: impl FnMut(Progress),
     ) -> Result<EpochStats, FitError> {
+        let taps = objective.taps();
+        self.net.check_taps(&taps)?;
+        let (batches, mut run) = self.begin_epoch(data, indices)?;
+        for (i, batch) in batches.enumerate() {
+            self.set_step(&mut run, i);
+            let pass = self.forward(&batch, &taps, run.epoch)?;
+            let loss = objective.loss(&pass, &batch)?;
+            self.step(&mut run, &batch, &pass.logits, &loss)?;
+            progress(run.progress(i + 1));
+        }
+        Ok(self.end_epoch(run))
+    }
+
+    /// The next epoch's batches (the same for every trainer with this
+    /// seed, batch size and augmentation) and its running figures.
+    pub fn begin_epoch(
+        &self,
+        data: &Arc<Dataset>,
+        indices: &[usize],
+    ) -> Result<(crate::data::Prefetch, EpochRun), FitError> {
         let epoch = self.history.len();
         let batching = BatchConfig {
             augment: self.cfg.augment,
@@ -493,54 +629,94 @@ impl Trainer {
             ..BatchConfig::train(self.cfg.batch_size, self.cfg.seed)
         };
         let batches = Loader::default().epoch(data, indices, epoch as u64, &batching)?;
-        let per_epoch = batches.len();
-        let total = per_epoch * self.cfg.epochs;
-        let start = Instant::now();
-        let (mut loss_sum, mut correct, mut seen, mut lr) = (0f64, 0usize, 0usize, self.cfg.lr);
-        for (i, batch) in batches.enumerate() {
-            lr = self
-                .cfg
-                .schedule
-                .rate(self.cfg.lr, epoch * per_epoch + i, total, per_epoch);
-            self.opt.set_learning_rate(lr);
-            let logits = self.net.forward_train(&self.input(&batch)?)?;
-            let loss = objective.loss(&logits, &batch)?;
-            let value = loss.to_scalar::<f32>()?;
-            if !value.is_finite() {
-                return Err(FitError::Diverged {
-                    epoch: epoch + 1,
-                    batch: i,
-                    loss: value,
-                });
-            }
-            let grads = loss.backward()?;
-            self.opt.step(&grads)?;
-            self.apply_masks()?;
-            loss_sum += value as f64 * batch.len() as f64;
-            seen += batch.len();
-            if let Some(labels) = &batch.labels {
-                correct += count_correct(&logits, labels)?;
-            }
-            progress(Progress {
-                batch: i + 1,
-                batches: per_epoch,
-                loss: loss_sum / seen as f64,
-                accuracy: correct as f64 / seen as f64,
+        let run = self.start_epoch(batches.len());
+        Ok((batches, run))
+    }
+
+    /// The running figures of the next epoch, of `per_epoch` batches
+    /// chosen elsewhere (e.g. another trainer's, in mutual learning).
+    pub fn start_epoch(&self, per_epoch: usize) -> EpochRun {
+        EpochRun {
+            epoch: self.history.len(),
+            per_epoch,
+            start: Instant::now(),
+            loss_sum: 0.0,
+            correct: 0,
+            seen: 0,
+            lr: self.cfg.lr,
+        }
+    }
+
+    /// Sets the scheduled learning rate of batch `i` of `run`.
+    pub fn set_step(&mut self, run: &mut EpochRun, i: usize) {
+        let total = run.per_epoch * self.cfg.epochs;
+        run.lr = self.cfg.schedule.rate(
+            self.cfg.lr,
+            run.epoch * run.per_epoch + i,
+            total,
+            run.per_epoch,
+        );
+        self.opt.set_learning_rate(run.lr);
+    }
+
+    /// The network's training pass over `batch`, with the outputs of `taps`.
+    pub fn forward(
+        &self,
+        batch: &Batch,
+        taps: &[usize],
+        epoch: usize,
+    ) -> Result<StudentPass<'_>, FitError> {
+        let (logits, features) = self.net.forward_tapped(&self.input(batch)?, taps)?;
+        Ok(StudentPass {
+            logits,
+            features,
+            epoch,
+            adapters: self.adapters.as_ref(),
+        })
+    }
+
+    /// One optimizer step on `loss` (of `logits` for `batch`), counted in `run`.
+    pub fn step(
+        &mut self,
+        run: &mut EpochRun,
+        batch: &Batch,
+        logits: &Tensor,
+        loss: &Tensor,
+    ) -> Result<(), FitError> {
+        let value = loss.to_scalar::<f32>()?;
+        if !value.is_finite() {
+            return Err(FitError::Diverged {
+                epoch: run.epoch + 1,
+                batch: batch.index,
+                loss: value,
             });
         }
-        let seconds = start.elapsed().as_secs_f64();
+        let grads = loss.backward()?;
+        self.opt.step(&grads)?;
+        self.apply_masks()?;
+        run.loss_sum += value as f64 * batch.len() as f64;
+        run.seen += batch.len();
+        if let Some(labels) = &batch.labels {
+            run.correct += count_correct(logits, labels)?;
+        }
+        Ok(())
+    }
+
+    /// Records the finished epoch `run`.
+    pub fn end_epoch(&mut self, run: EpochRun) -> EpochStats {
+        let seconds = run.start.elapsed().as_secs_f64();
         let stats = EpochStats {
-            epoch: epoch + 1,
-            lr,
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_accuracy: correct as f64 / seen.max(1) as f64,
+            epoch: run.epoch + 1,
+            lr: run.lr,
+            train_loss: run.loss_sum / run.seen.max(1) as f64,
+            train_accuracy: run.correct as f64 / run.seen.max(1) as f64,
             val_loss: None,
             val_accuracy: None,
             seconds,
-            images_per_second: seen as f64 / seconds.max(1e-9),
+            images_per_second: run.seen as f64 / seconds.max(1e-9),
         };
         self.history.push(stats.clone());
-        Ok(stats)
+        stats
     }
 
     /// Adds validation figures to the last finished epoch.
@@ -565,6 +741,13 @@ impl Trainer {
                 .map_err(|e| FitError::Config(format!("fake-quantization ranges: {e}")))?;
             tags.insert(QAT_TAG.into(), text);
         }
+        let mut params = self.parameters();
+        if let Some(a) = &self.adapters {
+            let text = serde_json::to_string(a.specs())
+                .map_err(|e| FitError::Config(format!("adapter shapes: {e}")))?;
+            tags.insert(ADAPTERS_TAG.into(), text);
+            params.extend(a.parameters());
+        }
         let ck = Checkpoint {
             spec: self.spec.clone(),
             config: self.cfg.clone(),
@@ -578,7 +761,7 @@ impl Trainer {
                 .map(|(k, m)| Ok((k.clone(), m.flatten_all()?.to_vec1::<f32>()?)))
                 .collect::<candle_core::Result<_>>()?,
         };
-        checkpoint::save(path, &ck, &self.parameters())?;
+        checkpoint::save(path, &ck, &params)?;
         Ok(())
     }
 }
@@ -625,7 +808,9 @@ pub fn evaluate(
         let mut shape = vec![batch.len()];
         shape.extend(&spec.input);
         let logits = net.forward(&Tensor::from_slice(&batch.x, shape, &Device::Cpu)?)?;
-        let loss = CrossEntropy.loss(&logits, &batch)?.to_scalar::<f32>()?;
+        let pass = StudentPass::logits(logits);
+        let loss = CrossEntropy.loss(&pass, &batch)?.to_scalar::<f32>()?;
+        let logits = pass.logits;
         loss_sum += loss as f64 * batch.len() as f64;
         let labels = batch.labels.as_ref().expect("eval batches are labeled");
         correct += count_correct(&logits, labels)?;
@@ -655,13 +840,13 @@ fn sorted_vars(varmap: &VarMap) -> Vec<Var> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::train::model::Layer;
 
     /// 300 labeled 8×8 images whose class shows in their brightness, so a
     /// model can learn them.
-    fn tiny_data() -> Arc<Dataset> {
+    pub(crate) fn tiny_data() -> Arc<Dataset> {
         let (n, mut s) = (300usize, 0x1234_5678u64);
         let mut images = Vec::with_capacity(n * 64);
         let mut labels = Vec::with_capacity(n);
@@ -679,7 +864,7 @@ mod tests {
         Arc::new(Dataset::new(images, labels, 8, 8, names).unwrap())
     }
 
-    fn tiny_cnn() -> ModelSpec {
+    pub(crate) fn tiny_cnn() -> ModelSpec {
         ModelSpec {
             name: "tiny-cnn".into(),
             input: vec![1, 8, 8],
@@ -698,7 +883,7 @@ mod tests {
         }
     }
 
-    fn tiny_mlp() -> ModelSpec {
+    pub(crate) fn tiny_mlp() -> ModelSpec {
         ModelSpec {
             name: "tiny-mlp".into(),
             input: vec![64],
@@ -710,7 +895,7 @@ mod tests {
         }
     }
 
-    fn config(optimizer: OptimizerKind) -> FitConfig {
+    pub(crate) fn config(optimizer: OptimizerKind) -> FitConfig {
         FitConfig {
             epochs: 3,
             batch_size: 32,
@@ -735,7 +920,7 @@ mod tests {
             .collect()
     }
 
-    fn temp(name: &str) -> std::path::PathBuf {
+    pub(crate) fn temp(name: &str) -> std::path::PathBuf {
         std::env::temp_dir().join(format!("tinykd-fit-{}-{name}", std::process::id()))
     }
 
@@ -777,6 +962,67 @@ mod tests {
             );
             assert_eq!(whole.history().len(), resumed.history().len());
         }
+        Ok(())
+    }
+
+    /// Pulls the tiny CNN's first block, through an adapter, towards a
+    /// fixed target: the adapter's parameters train and resume with the run.
+    struct ToTarget;
+
+    impl Objective for ToTarget {
+        fn loss(&self, pass: &StudentPass, _: &Batch) -> candle_core::Result<Tensor> {
+            let h = pass.adapt("a", &pass.features[0])?;
+            (h - 0.5)?.sqr()?.mean_all()
+        }
+
+        fn taps(&self) -> Vec<usize> {
+            vec![2]
+        }
+    }
+
+    #[test]
+    fn adapters_train_and_resume_bit_identical_and_fused_layers_cannot_be_tapped(
+    ) -> Result<(), FitError> {
+        let data = tiny_data();
+        let idx: Vec<usize> = (0..data.len()).collect();
+        let adapter = || {
+            vec![AdapterSpec {
+                name: "a".into(),
+                inputs: 4,
+                outputs: 6,
+            }]
+        };
+        let mut whole = Trainer::new(tiny_cnn(), config(OptimizerKind::Adamw))?;
+        whole.add_adapters(adapter())?;
+        let first = whole.train_epoch(&data, &idx, &ToTarget, |_| {})?;
+        let second = whole.train_epoch(&data, &idx, &ToTarget, |_| {})?;
+        assert!(
+            second.train_loss < 0.5 * first.train_loss,
+            "{first:?} {second:?}"
+        );
+        let path = temp("adapters.ckpt");
+        let mut part = Trainer::new(tiny_cnn(), config(OptimizerKind::Adamw))?;
+        part.add_adapters(adapter())?;
+        part.train_epoch(&data, &idx, &ToTarget, |_| {})?;
+        part.save_checkpoint(&path)?;
+        let mut resumed = Trainer::resume(&path, None)?;
+        std::fs::remove_file(&path).ok();
+        resumed.train_epoch(&data, &idx, &ToTarget, |_| {})?;
+        assert!(bits(&whole) == bits(&resumed));
+        let adapter_bits = |t: &Trainer| -> Vec<Vec<f32>> {
+            t.adapters()
+                .unwrap()
+                .parameters()
+                .iter()
+                .map(|(_, v)| v.flatten_all().unwrap().to_vec1().unwrap())
+                .collect()
+        };
+        assert_eq!(adapter_bits(&whole), adapter_bits(&resumed));
+        assert!(whole.add_adapters(adapter()).is_err());
+        // conv + ReLU + pool run as one op: the ReLU's output is not there.
+        let err = whole.network().check_taps(&[1]).unwrap_err().to_string();
+        assert!(err.contains("layer 1") && err.contains("layer 2"), "{err}");
+        assert!(whole.network().check_taps(&[2, 4]).is_ok());
         Ok(())
     }
 

@@ -519,16 +519,58 @@ impl Network {
 
     /// Logits for a batch: `[N, ...input]` → `[N, classes]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.run(x, false)
+        Ok(self.run(x, false, &[])?.0)
     }
 
     /// Logits for a training batch: as [`Network::forward`], and with fake
     /// quantization the activation ranges first move towards this batch's.
     pub fn forward_train(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.run(x, true)
+        Ok(self.run(x, true, &[])?.0)
     }
 
-    fn run(&self, x: &Tensor, observe: bool) -> candle_core::Result<Tensor> {
+    /// Logits for a training batch and the outputs of the spec layers
+    /// `taps` (in that order), each as the layers after it see it.
+    pub fn forward_tapped(
+        &self,
+        x: &Tensor,
+        taps: &[usize],
+    ) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
+        self.run(x, true, taps)
+    }
+
+    /// Errors unless each of `taps` is a spec layer whose output the
+    /// network computes: with the fast kernels, a conv's ReLU and max pool
+    /// run inside the conv, so only the last of them can be tapped.
+    pub fn check_taps(&self, taps: &[usize]) -> Result<(), ModelError> {
+        let last = self.ends.last().copied().unwrap_or(0);
+        for &t in taps {
+            if !self.ends.contains(&t) {
+                let reason = if t > last {
+                    format!("the model has {} layers", last + 1)
+                } else {
+                    let end = self.ends.iter().find(|&&e| e > t).expect("t < last");
+                    format!(
+                        "its output is not computed (fused into layer {end}); \
+                         tap layer {end} or train with --kernels candle"
+                    )
+                };
+                return Err(ModelError::Spec {
+                    model: self.name.clone(),
+                    layer: t,
+                    reason,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn run(
+        &self,
+        x: &Tensor,
+        observe: bool,
+        taps: &[usize],
+    ) -> candle_core::Result<(Tensor, Vec<Tensor>)> {
+        let mut tapped: Vec<Option<Tensor>> = vec![None; taps.len()];
         let fq_weight = |w: &Tensor| match self.qat {
             Some(_) => fake_quant_weight(w),
             None => Ok(w.clone()),
@@ -593,8 +635,22 @@ impl Network {
                     x = q.points.activation(slot, &x, observe)?;
                 }
             }
+            for (t, out) in taps.iter().zip(tapped.iter_mut()) {
+                if *t == self.ends[k] {
+                    *out = Some(x.clone());
+                }
+            }
         }
-        Ok(x)
+        let tapped = tapped
+            .into_iter()
+            .zip(taps)
+            .map(|(t, i)| {
+                t.ok_or_else(|| {
+                    candle_core::Error::Msg(format!("{}: layer {i} cannot be tapped", self.name))
+                })
+            })
+            .collect::<candle_core::Result<_>>()?;
+        Ok((x, tapped))
     }
 }
 
