@@ -766,3 +766,126 @@ fn cli_mutual_learning_trains_a_cohort_without_a_teacher_and_resumes() {
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("without a teacher"));
 }
+
+#[test]
+fn cli_specialists_train_on_the_teachers_confusions_and_combine_with_the_generalist() {
+    data_dir();
+    let out = temp("specialists/generalist.onnx");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let o = out.to_str().unwrap();
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "distill",
+            "--teacher",
+            "models/teachers/cnn.onnx",
+            "--student",
+            "models/students/mlp-40.toml",
+            "--specialists",
+            "2",
+            "--limit",
+            "1000",
+            "--val",
+            "500",
+            "--epochs",
+            "2",
+            "--out",
+            o,
+        ];
+        a.extend(extra);
+        tinykd_cli(&a)
+    };
+    let r = args(&["--json"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let docs: Vec<serde_json::Value> = serde_json::Deserializer::from_slice(&r.stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let system = docs.last().unwrap();
+    let specs = system["specialists"]["specialists"].as_array().unwrap();
+    assert!(!specs.is_empty() && specs.len() <= 2, "{system}");
+    // Fashion-MNIST's confusions: tops with tops, shoes with shoes.
+    let tops = ["T-shirt/top", "Pullover", "Coat", "Shirt"];
+    let first: Vec<&str> = specs[0]["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert!(first.iter().all(|n| tops.contains(n)), "{first:?}");
+    for s in specs {
+        let path = PathBuf::from(s["model"].as_str().unwrap());
+        let bytes = std::fs::read(&path).unwrap();
+        let model = tinykd_runtime::Model::parse(&bytes).unwrap();
+        let classes = s["classes"].as_array().unwrap().len();
+        // One output per special class and the dustbin.
+        let (dims, rank) = model.outputs().next().unwrap().shape.dims();
+        assert_eq!(dims[rank - 1], classes + 1, "{}", path.display());
+    }
+    let test = &system["test"];
+    let g = test["generalist"].as_f64().unwrap();
+    let eval = tinykd_cli(&["eval", o, "--json"]);
+    let e: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    assert!((e["accuracy"].as_f64().unwrap() - g).abs() < 1e-9);
+    assert!(test["combined"].as_f64().unwrap() > 0.3, "{test}");
+    assert!(test["confused_images"].as_u64().unwrap() >= 3000, "{test}");
+    // --resume keeps every finished stage.
+    let before = std::fs::read(out.with_extension("spec1.onnx")).unwrap();
+    let r = args(&["--resume", "--json"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(
+        std::fs::read(out.with_extension("spec1.onnx")).unwrap(),
+        before
+    );
+}
+
+#[test]
+fn cli_report_methods_scores_each_method_in_f32_and_int8_and_reuses_runs() {
+    data_dir();
+    let work = temp("report-methods");
+    let doc = temp("report-methods/results.md");
+    std::fs::create_dir_all(&work).unwrap();
+    let args = [
+        "report",
+        "--methods",
+        "scratch,hinton,mutual",
+        "--student",
+        "models/students/mlp-40.toml",
+        "--seeds",
+        "0,1",
+        "--epochs",
+        "2",
+        "--limit",
+        "600",
+        "--work-dir",
+        work.to_str().unwrap(),
+        "--write-doc",
+        doc.to_str().unwrap(),
+        "--json",
+    ];
+    let r = tinykd_cli(&args);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let methods = v["methods"].as_array().unwrap();
+    assert_eq!(methods.len(), 3);
+    for m in methods {
+        let seeds = m["seeds"].as_array().unwrap();
+        assert_eq!(seeds.len(), 2, "{m}");
+        for s in seeds {
+            let (f, q) = (s["f32"].as_f64().unwrap(), s["int8"].as_f64().unwrap());
+            assert!(f > 0.2 && q > 0.2 && (f - q).abs() < 0.05, "{m}");
+            assert!(s["seconds"].as_f64().unwrap() > 0.0);
+        }
+    }
+    let text = std::fs::read_to_string(&doc).unwrap();
+    assert!(
+        text.contains("## Distillation methods") && text.contains("| mutual learning"),
+        "{text}"
+    );
+    // Every run is reused: the second report trains nothing.
+    let start = std::time::Instant::now();
+    let again = tinykd_cli(&args);
+    assert!(again.status.success());
+    let v2: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(v, v2);
+    assert!(start.elapsed().as_secs() < 60);
+}

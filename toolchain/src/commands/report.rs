@@ -19,16 +19,16 @@ use tinykd::report::SizePoint;
 pub struct ReportArgs {
     /// The teacher.
     #[arg(long, default_value = "models/teachers/cnn.onnx")]
-    teacher: PathBuf,
+    pub(super) teacher: PathBuf,
     /// The student spec.
     #[arg(long, default_value = "models/students/ds-cnn.toml")]
-    student: PathBuf,
+    pub(super) student: PathBuf,
     /// The distillation recipe (of the KD student and of every fine-tune).
     #[arg(long, default_value = "models/recipes/unlabeled.toml")]
     recipe: PathBuf,
     /// Epochs of the scratch and KD students.
     #[arg(long, default_value_t = 10)]
-    epochs: usize,
+    pub(super) epochs: usize,
     /// Epochs of quantization-aware fine-tuning.
     #[arg(long, default_value_t = 2)]
     qat_epochs: usize,
@@ -40,22 +40,30 @@ pub struct ReportArgs {
     prune_epochs: usize,
     /// Seeds (one full set of models each).
     #[arg(long, value_delimiter = ',', default_value = "0,1,2")]
-    seeds: Vec<u64>,
+    pub(super) seeds: Vec<u64>,
     /// Where the runs are kept (and reused).
     #[arg(long, default_value = "build/report")]
-    work_dir: PathBuf,
+    pub(super) work_dir: PathBuf,
     /// Replace the "Compression" section of this Markdown file with the table.
     #[arg(long)]
-    write_doc: Option<PathBuf>,
+    pub(super) write_doc: Option<PathBuf>,
     /// Write the accuracy-vs-size chart here.
     #[arg(long)]
-    plot: Option<PathBuf>,
+    pub(super) plot: Option<PathBuf>,
     /// Fashion-MNIST folder.
     #[arg(long, default_value = tinykd::data::DEFAULT_DIR)]
-    data_dir: PathBuf,
+    pub(super) data_dir: PathBuf,
     /// Print JSON instead of the table.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
+    /// Compare distillation methods instead of compressions: `all`, or a
+    /// list of scratch, hinton, mse, fitnets, attention, rkd, born-again,
+    /// ta-chain, mutual, ensemble, specialists, cross-resolution.
+    #[arg(long, value_delimiter = ',')]
+    methods: Vec<String>,
+    /// Train on only this many of the training images (`--methods`).
+    #[arg(long)]
+    pub(super) limit: Option<usize>,
 }
 
 /// A model variant: its table label, its file in a seed's folder, and
@@ -267,6 +275,9 @@ fn measured(model: &Path, test: &Dataset) -> Result<Measured> {
 
 /// `tinykd report`.
 pub fn run(a: &ReportArgs) -> Result<()> {
+    if !a.methods.is_empty() {
+        return super::report_methods::run(a, &a.methods);
+    }
     if a.seeds.is_empty() {
         bail!("--seeds: give at least one seed");
     }

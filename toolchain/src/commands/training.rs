@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tinykd::data::{augmented_views, Augment, Dataset, Normalization, Split, TrainVal};
+use tinykd::distill::specialists::SpecialistConfig;
 use tinykd::distill::{
     Distiller, FeatureMatcher, Method, Recipe, Targets, TeacherView, TeacherWeights,
 };
@@ -201,6 +202,14 @@ pub struct DistillArgs {
     /// OUT.peer{k}.onnx (default: the recipe's `peers`).
     #[arg(long = "peer", value_name = "SPEC")]
     peers: Vec<String>,
+    /// Specialists with a dustbin class (Hinton et al. 2015 §5): after the
+    /// student (the generalist), up to N specialists of its architecture
+    /// are distilled on the class clusters the teacher confuses most on the
+    /// validation split, written as OUT.spec{k}.onnx; prints the accuracy
+    /// of the generalist alone and combined with them, overall and on the
+    /// confused classes (default: the recipe's `[specialists]`).
+    #[arg(long, value_name = "N")]
+    specialists: Option<usize>,
     #[command(flatten)]
     pub(super) fit: FitArgs,
     #[command(flatten)]
@@ -308,6 +317,16 @@ impl DistillArgs {
     pub(super) fn student(&self) -> &str {
         &self.pair.student
     }
+
+    /// The engine that runs the teachers.
+    pub(super) fn teacher_engine(&self) -> TeacherEngine {
+        self.pair.teacher_engine
+    }
+
+    /// Where teacher logits are cached.
+    pub(super) fn cache_dir(&self) -> &Path {
+        &self.pair.cache_dir
+    }
 }
 
 /// Runs the epochs with a progress bar and a line per epoch, then
@@ -392,8 +411,13 @@ pub(super) fn write_model(
 ) -> Result<()> {
     if out.extension().is_some_and(|e| e == "onnx") {
         let norm = Normalization::default();
+        let labels = if meta.labels.is_empty() {
+            data.train.class_names.clone()
+        } else {
+            meta.labels
+        };
         let meta = ExportMeta {
-            labels: data.train.class_names.clone(),
+            labels,
             normalization: ExportMeta::normalization(norm.mean, norm.std),
             ..meta
         };
@@ -524,6 +548,12 @@ fn recipe_of(a: &DistillArgs) -> Result<Recipe> {
     r.generations = a.generations.unwrap_or(r.generations);
     if !a.peers.is_empty() {
         r.peers = a.peers.clone();
+    }
+    if let Some(count) = a.specialists {
+        r.specialists = Some(SpecialistConfig {
+            count,
+            ..r.specialists.unwrap_or_default()
+        });
     }
     r.check().map_err(|e| anyhow::anyhow!("recipe: {e}"))?;
     Ok(r)
@@ -678,6 +708,9 @@ pub fn distill(a: &DistillArgs) -> Result<()> {
     if !recipe.peers.is_empty() {
         return super::mutual::mutual(a, &recipe);
     }
+    if let Some(cfg) = &recipe.specialists {
+        return super::specialists::specialists(a, &recipe, cfg);
+    }
     if a.pair.teachers.is_empty() {
         bail!("give a --teacher (or --peer specs for mutual learning without one)");
     }
@@ -800,14 +833,14 @@ fn chain_stages(
 
 /// Whether the run that writes `out` finished: its model exists and its
 /// checkpoint reached the configured epochs.
-fn stage_done(out: &Path) -> bool {
+pub(super) fn stage_done(out: &Path) -> bool {
     out.exists()
         && Trainer::resume(&checkpoint_path(out), None)
             .is_ok_and(|t| t.epochs_done() >= t.config().epochs)
 }
 
 /// One distillation run (see [`distill`]).
-fn distill_one(a: &DistillArgs) -> Result<()> {
+pub(super) fn distill_one(a: &DistillArgs) -> Result<()> {
     if a.qat && a.run.out.extension().is_none_or(|e| e != "onnx") {
         bail!(
             "--qat writes an int8 ONNX model: --out {} must end in .onnx",

@@ -3,6 +3,7 @@
 //! (`models/recipes/*.toml`) or flags.
 
 use super::features::FeaturePair;
+use super::specialists::SpecialistConfig;
 use crate::data::Augment;
 use crate::teacher::EnsembleMode;
 use crate::train::fit::FitConfig;
@@ -71,6 +72,9 @@ pub struct Recipe {
     /// Peer student specs trained together with the student, each
     /// distilling from the others (deep mutual learning); no teacher.
     pub peers: Vec<String>,
+    /// Specialists with a dustbin class trained after the student (its
+    /// generalist) on the classes the teacher confuses (Hinton et al. §5).
+    pub specialists: Option<SpecialistConfig>,
     /// Training settings (`fit.unlabeled = true` for a transfer set without labels).
     pub fit: FitConfig,
 }
@@ -91,6 +95,7 @@ impl Default for Recipe {
             features: Vec::new(),
             hint_epochs: 0,
             peers: Vec::new(),
+            specialists: None,
             fit: FitConfig::default(),
         }
     }
@@ -229,6 +234,14 @@ impl Recipe {
                 "hint_epochs {} leaves none of the {} epochs for the distillation stage",
                 self.hint_epochs, self.fit.epochs
             ));
+        }
+        if let Some(s) = &self.specialists {
+            if s.count == 0 || s.max_size < 2 || s.top_k == 0 {
+                return Err(format!(
+                    "specialists: count {} and top_k {} must be ≥ 1, max_size {} ≥ 2",
+                    s.count, s.top_k, s.max_size
+                ));
+            }
         }
         if self.generations == 0 {
             return Err("generations must be ≥ 1".into());

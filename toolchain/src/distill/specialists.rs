@@ -10,7 +10,12 @@
 //! specialists to run and [`combine`] merges their outputs with the
 //! generalist's (§5.2).
 
+use super::loss;
 use crate::data::rng::Rng;
+use crate::data::Batch;
+use crate::teacher::Logits;
+use crate::train::fit::{Objective, StudentPass};
+use candle_core::Tensor;
 
 /// Stream tag for [`oversampled_indices`], apart from other uses of a seed.
 const STREAM_SPECIALIST: u64 = 0x5350_4543;
@@ -384,6 +389,184 @@ pub fn oversampled_indices(labels: &[u32], specialty: &Specialty, seed: u64) -> 
     special.extend(others);
     special.sort_unstable();
     special
+}
+
+/// How many specialists, over how many classes each, and how many of the
+/// generalist's top classes wake them (a recipe's `[specialists]` table).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpecialistConfig {
+    /// At most this many specialists (the most confused clusters).
+    pub count: usize,
+    /// At most this many classes per specialist.
+    pub max_size: usize,
+    /// A specialist runs when one of its classes is among the generalist's
+    /// `top_k` most probable.
+    pub top_k: usize,
+}
+
+impl Default for SpecialistConfig {
+    fn default() -> Self {
+        Self {
+            count: 2,
+            max_size: 4,
+            top_k: 1,
+        }
+    }
+}
+
+/// Specialist training: Hinton KD against the teacher's tempered
+/// distribution collapsed onto the specialty (its classes, then the sum of
+/// the rest as the dustbin). The batches carry the specialist's labels
+/// ([`Specialty::label`]), so the trainer's accuracy is the specialist's.
+pub struct SpecialistObjective<'a> {
+    specialty: &'a Specialty,
+    /// The teacher's logits over the transfer set, by dataset index.
+    teacher: &'a Logits,
+    temperature: f64,
+    alpha: f64,
+}
+
+impl<'a> SpecialistObjective<'a> {
+    /// Distills `teacher`'s logits, collapsed onto `specialty`, at `temperature`.
+    pub fn new(
+        specialty: &'a Specialty,
+        teacher: &'a Logits,
+        temperature: f64,
+        alpha: f64,
+    ) -> Self {
+        Self {
+            specialty,
+            teacher,
+            temperature,
+            alpha,
+        }
+    }
+}
+
+impl Objective for SpecialistObjective<'_> {
+    fn loss(&self, pass: &StudentPass, batch: &Batch) -> candle_core::Result<Tensor> {
+        let msg = |e: &dyn std::fmt::Display| candle_core::Error::Msg(e.to_string());
+        let total = self.specialty.total;
+        let z = self.teacher.gather(&batch.indices).map_err(|e| msg(&e))?;
+        let device = pass.logits.device();
+        let p = loss::tempered(
+            &Tensor::from_vec(z, (batch.len(), total), device)?,
+            self.temperature,
+        )?;
+        let p = p.flatten_all()?.to_vec1::<f32>()?;
+        let collapsed = self
+            .specialty
+            .collapse_rows(&p, total)
+            .map_err(|e| msg(&e))?;
+        let target = Tensor::from_vec(collapsed, (batch.len(), self.specialty.outputs()), device)?;
+        let labels = batch
+            .labels
+            .as_ref()
+            .map(|l| loss::label_tensor(l, device))
+            .transpose()?;
+        loss::hinton(
+            &pass.logits,
+            &target,
+            labels.as_ref(),
+            self.temperature,
+            self.alpha,
+        )
+    }
+}
+
+/// Accuracy of the generalist alone and combined with its specialists.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SystemScore {
+    /// The generalist's top-1 accuracy.
+    pub generalist: f64,
+    /// The combination's top-1 accuracy.
+    pub combined: f64,
+    /// The generalist's accuracy on images of the specialists' classes.
+    pub generalist_confused: f64,
+    /// The combination's accuracy on those images.
+    pub combined_confused: f64,
+    /// Images whose true class is one of a specialist's.
+    pub confused_images: usize,
+    /// Mean number of specialists run per image.
+    pub active_per_image: f64,
+}
+
+/// Scores the generalist's logits `[n, total]` and, per image, its
+/// combination ([`combine`]) with the specialists active for its `top_k`
+/// classes; each specialist's logits are `[n, outputs]` for the same images.
+pub fn score_system(
+    generalist: &[f32],
+    specialists: &[(Specialty, Vec<f32>)],
+    labels: &[u32],
+    top_k: usize,
+) -> Result<SystemScore, SpecialistError> {
+    let n = labels.len();
+    let total = generalist.len().checked_div(n).unwrap_or(0);
+    if total == 0 || generalist.len() != n * total {
+        return Err(SpecialistError::Length(format!(
+            "{} generalist logits for {n} labels",
+            generalist.len()
+        )));
+    }
+    for (m, (s, z)) in specialists.iter().enumerate() {
+        if z.len() != n * s.outputs() {
+            return Err(SpecialistError::Specialist(
+                m,
+                Box::new(SpecialistError::Length(format!(
+                    "{} logits for {n} images of {} outputs",
+                    z.len(),
+                    s.outputs()
+                ))),
+            ));
+        }
+    }
+    let specialties: Vec<Specialty> = specialists.iter().map(|(s, _)| s.clone()).collect();
+    let (mut hits, mut hits_g, mut confused, mut hits_c, mut hits_gc, mut active) =
+        (0usize, 0usize, 0usize, 0usize, 0usize, 0usize);
+    for (i, &y) in labels.iter().enumerate() {
+        let p_g = softmax(&generalist[i * total..(i + 1) * total]);
+        let chosen = active_specialists(&p_g, &specialties, top_k);
+        active += chosen.len();
+        let rows: Vec<Vec<f32>> = chosen
+            .iter()
+            .map(|&m| {
+                let o = specialties[m].outputs();
+                softmax(&specialists[m].1[i * o..(i + 1) * o])
+            })
+            .collect();
+        let pairs: Vec<(&Specialty, &[f32])> = chosen
+            .iter()
+            .zip(&rows)
+            .map(|(&m, r)| (&specialties[m], r.as_slice()))
+            .collect();
+        let q = combine(&p_g, &pairs, 100)?;
+        let (right, right_g) = (argmax(&q) == y as usize, argmax(&p_g) == y as usize);
+        hits += right as usize;
+        hits_g += right_g as usize;
+        if specialties.iter().any(|s| s.contains(y as usize)) {
+            confused += 1;
+            hits_c += right as usize;
+            hits_gc += right_g as usize;
+        }
+    }
+    let frac = |a: usize, b: usize| a as f64 / b.max(1) as f64;
+    Ok(SystemScore {
+        generalist: frac(hits_g, n),
+        combined: frac(hits, n),
+        generalist_confused: frac(hits_gc, confused),
+        combined_confused: frac(hits_c, confused),
+        confused_images: confused,
+        active_per_image: frac(active, n),
+    })
+}
+
+/// `softmax(z)` of one row, in f64 internally.
+fn softmax(z: &[f32]) -> Vec<f32> {
+    let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let e: Vec<f64> = z.iter().map(|&v| (v as f64 - max).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.iter().map(|v| (v / sum) as f32).collect()
 }
 
 #[cfg(test)]

@@ -11,9 +11,9 @@ pub mod compression;
 pub mod plot;
 
 pub use plot::{
-    accuracy_vs_size_png, confusion_png, latency_bars_png, training_curves_png, BarGroup,
-    PlotError, SizePoint, ACCURACY_SIZE_SIZE, CONFUSION_SIZE, FONT_PATH, LATENCY_BARS_SIZE,
-    TRAINING_CURVES_SIZE,
+    accuracy_bars_png, accuracy_vs_size_png, confusion_png, latency_bars_png, training_curves_png,
+    AccuracyBar, BarGroup, PlotError, SizePoint, ACCURACY_BARS_SIZE, ACCURACY_SIZE_SIZE,
+    CONFUSION_SIZE, FONT_PATH, LATENCY_BARS_SIZE, TRAINING_CURVES_SIZE,
 };
 
 /// Replaces the `## {title}` section of the Markdown file at `path` (up to

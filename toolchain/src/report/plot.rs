@@ -27,6 +27,8 @@ pub const CONFUSION_SIZE: (u32, u32) = (900, 860);
 pub const ACCURACY_SIZE_SIZE: (u32, u32) = (1200, 650);
 /// Width and height of [`latency_bars_png`]'s image.
 pub const LATENCY_BARS_SIZE: (u32, u32) = (1200, 600);
+/// Width and height of [`accuracy_bars_png`]'s image.
+pub const ACCURACY_BARS_SIZE: (u32, u32) = (1200, 600);
 
 /// The family name the font is registered under in plotters.
 const FAMILY: &str = "sans-serif";
@@ -370,6 +372,169 @@ fn draw_latency_bars<DB: DrawingBackend>(
         .border_style(BLACK)
         .label_font((FAMILY, 14))
         .draw()
+}
+
+/// One bar of [`accuracy_bars_png`]: a method's mean accuracy and its spread.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AccuracyBar {
+    /// The method's name under its bar.
+    pub label: String,
+    /// Mean test accuracy as a fraction (0.8712 is drawn as 87.12 %).
+    pub accuracy: f64,
+    /// Its standard deviation over seeds, as a fraction (drawn as an error
+    /// bar; NaN draws none).
+    pub std: f64,
+    /// Training time in seconds, written above the bar (NaN writes nothing).
+    pub seconds: f64,
+}
+
+/// Draws one bar per method as an [`ACCURACY_BARS_SIZE`] PNG at `path`:
+/// test accuracy in % (mean, with a ±std error bar) on a linear axis zoomed
+/// to the bars' range, so differences of tenths of a point show; methods
+/// named under their bars (turned upright and cut where they do not fit side
+/// by side), and each bar's training time written above it. Error bars stop
+/// at 0 and 100 %. Bars whose accuracy is not finite are left out.
+pub fn accuracy_bars_png(path: &Path, title: &str, bars: &[AccuracyBar]) -> Result<(), PlotError> {
+    let usable: Vec<&AccuracyBar> = bars.iter().filter(|b| b.accuracy.is_finite()).collect();
+    if usable.is_empty() {
+        return Err(PlotError::Empty {
+            path: path.into(),
+            what: "set of accuracies",
+        });
+    }
+    write_png(path, ACCURACY_BARS_SIZE, |root| {
+        draw_accuracy_bars(root, title, &usable)
+    })
+}
+
+/// `(mean, std)` of a bar in %; a std that is not finite is `None`.
+fn bar_percent(bar: &AccuracyBar) -> (f64, Option<f64>) {
+    let std = bar.std.is_finite().then(|| bar.std.abs() * 100.0);
+    (bar.accuracy * 100.0, std)
+}
+
+/// The ends of a bar's error bar in %, kept within 0–100 %; the mean alone
+/// where it has no std.
+fn whisker_ends(bar: &AccuracyBar) -> (f64, f64) {
+    let (mean, std) = bar_percent(bar);
+    let std = std.unwrap_or(0.0);
+    (
+        (mean - std).max(0.0_f64.min(mean)),
+        (mean + std).min(100.0_f64.max(mean)),
+    )
+}
+
+/// `41 s`, `3.2 s`; empty where `seconds` is not finite.
+fn seconds_text(seconds: f64) -> String {
+    match seconds {
+        s if !s.is_finite() => String::new(),
+        s if s.abs() < 9.95 => format!("{s:.1} s"),
+        s => format!("{s:.0} s"),
+    }
+}
+
+fn draw_accuracy_bars<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    bars: &[&AccuracyBar],
+) -> AreaResult<DB> {
+    root.fill(&WHITE)?;
+    let root = root.titled(title, (FAMILY, 22))?;
+    let (lo, hi) = bars
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), b| {
+            let (down, up) = whisker_ends(b);
+            (lo.min(down), hi.max(up))
+        });
+    let pad = ((hi - lo) * 0.08).max(0.1);
+    // Bars start at the bottom of the zoomed axis; the top keeps room for
+    // the training times.
+    let (y_lo, y_hi) = (lo - pad, hi + pad + (hi - lo + 2.0 * pad) * 0.07);
+
+    // Labels side by side where each fits its bar's slot, else upright.
+    let (margin, y_area, gap, max_upright) = (14, 70, 6, 170);
+    let n = bars.len();
+    let font = TextStyle::from((FAMILY, 13).into_font()).color(&BLACK);
+    let slot = (root.dim_in_pixel().0 as i32 - 2 * margin - y_area) / n as i32;
+    let mut widest = 0;
+    for b in bars {
+        widest = widest.max(root.estimate_text_size(&b.label, &font)?.0 as i32);
+    }
+    let upright = widest > slot - 8;
+    let mut labels = Vec::with_capacity(n);
+    for b in bars {
+        labels.push(if upright {
+            fit_text(&root, &b.label, &font, max_upright as u32)?
+        } else {
+            b.label.clone()
+        });
+    }
+    let label_h = if upright {
+        let mut w = 0;
+        for l in &labels {
+            w = w.max(root.estimate_text_size(l, &font)?.0 as i32);
+        }
+        w
+    } else {
+        root.estimate_text_size("Mg", &font)?.1 as i32
+    };
+
+    let mut chart = ChartBuilder::on(&root)
+        .margin(margin)
+        .x_label_area_size(gap + label_h + 12)
+        .y_label_area_size(y_area)
+        .build_cartesian_2d(0.0..n as f64, y_lo..y_hi)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .y_labels(10)
+        .y_desc("test accuracy (%)")
+        .label_style((FAMILY, 13))
+        .axis_desc_style((FAMILY, 15))
+        .draw()?;
+
+    let bar_color = MARKER_COLORS[0];
+    chart.draw_series(bars.iter().enumerate().map(|(i, b)| {
+        let x = i as f64;
+        let top = bar_percent(b).0;
+        Rectangle::new([(x + 0.15, y_lo), (x + 0.85, top)], bar_color.filled())
+    }))?;
+    let whisker = BLACK.stroke_width(2);
+    for (i, b) in bars.iter().enumerate() {
+        let x = i as f64 + 0.5;
+        if bar_percent(b).1.is_some_and(|s| s > 0.0) {
+            let (down, up) = whisker_ends(b);
+            let caps = [(x, down), (x, up)]
+                .map(|(x, y)| PathElement::new(vec![(x - 0.08, y), (x + 0.08, y)], whisker));
+            chart.draw_series(
+                std::iter::once(PathElement::new(vec![(x, down), (x, up)], whisker)).chain(caps),
+            )?;
+        }
+    }
+
+    let area = chart.plotting_area();
+    let above = TextStyle::from((FAMILY, 12).into_font())
+        .color(&RGBColor(60, 60, 60))
+        .pos(Pos::new(HPos::Center, VPos::Bottom));
+    let under = if upright {
+        font.transform(FontTransform::Rotate270)
+            .pos(Pos::new(HPos::Right, VPos::Center))
+    } else {
+        font.pos(Pos::new(HPos::Center, VPos::Top))
+    };
+    for (i, (b, label)) in bars.iter().zip(&labels).enumerate() {
+        let x = i as f64 + 0.5;
+        let time = seconds_text(b.seconds);
+        if !time.is_empty() {
+            let top = whisker_ends(b).1;
+            area.draw(&(EmptyElement::at((x, top)) + Text::new(time, (0, -4), above.clone())))?;
+        }
+        area.draw(
+            &(EmptyElement::at((x, y_lo)) + Text::new(label.clone(), (0, gap), under.clone())),
+        )?;
+    }
+    Ok(())
 }
 
 /// Distinct marker colors (Tableau 20's saturated half, then its light half).

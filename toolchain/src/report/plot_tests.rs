@@ -30,6 +30,13 @@ fn strays(dir: &Path, keep: &[&str]) -> Vec<String> {
 /// Decodes an 8-bit RGB/RGBA, non-interlaced PNG (what plotters writes):
 /// its size and how many pixels are not white.
 fn decode(file: &Path) -> ((u32, u32), usize) {
+    let (size, pixels) = decode_rgb(file);
+    let non_white = pixels.iter().filter(|px| **px != [255, 255, 255]).count();
+    (size, non_white)
+}
+
+/// Decodes a PNG as [`decode`] does: its size and its RGB pixels, row by row.
+fn decode_rgb(file: &Path) -> ((u32, u32), Vec<[u8; 3]>) {
     let bytes = std::fs::read(file).unwrap();
     assert_eq!(bytes[..8], PNG_SIGNATURE, "{} is not a PNG", file.display());
     assert_eq!(&bytes[12..16], b"IHDR");
@@ -60,7 +67,7 @@ fn decode(file: &Path) -> ((u32, u32), usize) {
         height as usize * (stride + 1),
         "truncated image data"
     );
-    let (mut prev, mut non_white) = (vec![0u8; stride], 0);
+    let (mut prev, mut pixels) = (vec![0u8; stride], Vec::new());
     for line in raw.chunks(stride + 1) {
         let mut cur = line[1..].to_vec();
         for i in 0..stride {
@@ -97,13 +104,10 @@ fn decode(file: &Path) -> ((u32, u32), usize) {
             };
             cur[i] = cur[i].wrapping_add(predict as u8);
         }
-        non_white += cur
-            .chunks(channels)
-            .filter(|px| px[..3] != [255, 255, 255])
-            .count();
+        pixels.extend(cur.chunks(channels).map(|px| [px[0], px[1], px[2]]));
         prev = cur;
     }
-    ((width, height), non_white)
+    ((width, height), pixels)
 }
 
 /// Asserts `file` is a PNG of `size` with a share of drawn pixels.
@@ -344,5 +348,136 @@ fn accuracy_vs_size_draws_every_model_and_refuses_none() {
     let err = accuracy_vs_size_png(&none, "empty", &[point("bad", 0.0, 80.0)]).unwrap_err();
     assert!(matches!(err, PlotError::Empty { .. }), "{err}");
     assert!(!none.exists());
+    done(&dir);
+}
+
+fn accuracy_bar(label: &str, accuracy: f64, std: f64, seconds: f64) -> AccuracyBar {
+    AccuracyBar {
+        label: label.into(),
+        accuracy,
+        std,
+        seconds,
+    }
+}
+
+#[test]
+fn accuracy_bars_fourteen_methods_with_long_labels() {
+    let dir = scratch("accbars14");
+    let file = dir.join("bars.png");
+    let mut bars: Vec<AccuracyBar> = (0..14)
+        .map(|i| {
+            accuracy_bar(
+                &format!(
+                    "method {i}: distillation, temperature {}, alpha 0.{i}",
+                    i + 1
+                ),
+                0.868 + 0.0009 * i as f64,
+                0.0015,
+                30.0 + 7.5 * i as f64,
+            )
+        })
+        .collect();
+    bars[3].std = f64::NAN; // no error bar
+    bars[5].seconds = 4.31; // "4.3 s"
+    bars[7].seconds = f64::NAN; // no time written
+    accuracy_bars_png(&file, "student accuracy by method", &bars).unwrap();
+    assert_chart(&file, ACCURACY_BARS_SIZE);
+    assert_eq!(strays(&dir, &["bars.png"]), Vec::<String>::new());
+    done(&dir);
+}
+
+#[test]
+fn accuracy_bars_skip_non_finite_and_draw_a_single_bar() {
+    let dir = scratch("accbars1");
+    let file = dir.join("bars.png");
+    let bars = [
+        accuracy_bar("diverged", f64::NAN, 0.01, 12.0),
+        accuracy_bar("baseline", 0.8712, 0.0, 41.0),
+        accuracy_bar("overflowed", f64::INFINITY, 0.0, 9.0),
+    ];
+    accuracy_bars_png(&file, "one usable bar", &bars).unwrap();
+    assert_chart(&file, ACCURACY_BARS_SIZE);
+    // Few short labels sit side by side; a perfect score still draws.
+    let two = dir.join("two.png");
+    let bars = [
+        accuracy_bar("kd", 1.0, 0.002, 120.0),
+        accuracy_bar("ce", 0.9987, f64::NAN, 95.5),
+    ];
+    accuracy_bars_png(&two, "two bars", &bars).unwrap();
+    assert_chart(&two, ACCURACY_BARS_SIZE);
+    assert_eq!(strays(&dir, &["bars.png", "two.png"]), Vec::<String>::new());
+    done(&dir);
+}
+
+#[test]
+fn accuracy_bars_reject_no_finite_accuracy() {
+    let dir = scratch("accbars0");
+    let file = dir.join("bars.png");
+    for bars in [vec![], vec![accuracy_bar("nan", f64::NAN, 0.01, 10.0)]] {
+        let err = accuracy_bars_png(&file, "empty", &bars).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PlotError::Empty {
+                    what: "set of accuracies",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(&file.display().to_string()),
+            "{err}"
+        );
+    }
+    assert!(!file.exists());
+    assert_eq!(strays(&dir, &[]), Vec::<String>::new());
+    done(&dir);
+}
+
+#[test]
+fn accuracy_bars_text_helpers() {
+    assert_eq!(seconds_text(41.2), "41 s");
+    assert_eq!(seconds_text(4.31), "4.3 s");
+    assert_eq!(seconds_text(9.96), "10 s");
+    assert_eq!(seconds_text(f64::NAN), "");
+    let (mean, std) = bar_percent(&accuracy_bar("a", 0.8712, 0.0015, 1.0));
+    assert!((mean - 87.12).abs() < 1e-9 && (std.unwrap() - 0.15).abs() < 1e-9);
+    assert_eq!(bar_percent(&accuracy_bar("a", 0.5, f64::NAN, 1.0)).1, None);
+    // Error bars stay within 0–100 %; without a std they collapse to the mean.
+    let (down, up) = whisker_ends(&accuracy_bar("a", 0.995, 0.01, 1.0));
+    assert!((down - 98.5).abs() < 1e-9 && up == 100.0, "{down} {up}");
+    assert_eq!(whisker_ends(&accuracy_bar("a", 0.004, 0.01, 1.0)).0, 0.0);
+    assert_eq!(
+        whisker_ends(&accuracy_bar("a", 0.5, f64::NAN, 1.0)),
+        (50.0, 50.0)
+    );
+}
+
+#[test]
+fn accuracy_bars_zoom_shows_tenths_of_a_point() {
+    // 87.0 % and 87.2 %: on an axis from 0 the bars would be equally tall.
+    let dir = scratch("accbarszoom");
+    let file = dir.join("bars.png");
+    let bars = [
+        accuracy_bar("low", 0.870, 0.0, 10.0),
+        accuracy_bar("high", 0.872, 0.0, 10.0),
+    ];
+    accuracy_bars_png(&file, "zoom", &bars).unwrap();
+    let ((width, height), pixels) = decode_rgb(&file);
+    assert_eq!((width, height), ACCURACY_BARS_SIZE);
+    let c = MARKER_COLORS[0];
+    let mut halves = [0usize; 2];
+    for (i, px) in pixels.iter().enumerate() {
+        if *px == [c.0, c.1, c.2] {
+            halves[usize::from(i as u32 % width >= width / 2)] += 1;
+        }
+    }
+    let [low, high] = halves;
+    assert!(low > 1000, "the low bar is barely drawn: {low} pixels");
+    assert!(
+        high as f64 > 1.5 * low as f64,
+        "bars not zoomed: {low} vs {high} pixels"
+    );
     done(&dir);
 }
