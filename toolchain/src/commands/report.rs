@@ -273,6 +273,21 @@ fn measured(model: &Path, test: &Dataset) -> Result<Measured> {
     Ok(m)
 }
 
+/// The report's bar over `steps` steps; hidden with `--json`.
+pub(super) fn steps_bar(steps: usize, hidden: bool) -> Result<indicatif::ProgressBar> {
+    let bar = indicatif::ProgressBar::new(steps as u64);
+    if hidden {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "[{elapsed_precise}] [{bar:30}] {pos}/{len} {msg}",
+        )?
+        .progress_chars("=> "),
+    );
+    Ok(bar)
+}
+
 /// `tinykd report`.
 pub fn run(a: &ReportArgs) -> Result<()> {
     if !a.methods.is_empty() {
@@ -292,16 +307,7 @@ pub fn run(a: &ReportArgs) -> Result<()> {
         })
         .collect();
     let steps: usize = plans.iter().map(|(_, _, v)| v.len()).sum();
-    let bar = indicatif::ProgressBar::new(steps as u64);
-    if a.json {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "[{elapsed_precise}] [{bar:30}] {pos}/{len} {msg}",
-        )?
-        .progress_chars("=> "),
-    );
+    let bar = steps_bar(steps, a.json)?;
     let mut rows: Vec<Row> = Vec::new();
     for (seed, dir, variants) in &plans {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

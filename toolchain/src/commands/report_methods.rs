@@ -254,16 +254,7 @@ pub fn run(a: &ReportArgs, methods: &[String]) -> Result<()> {
         bail!("--seeds: give at least one seed");
     }
     let test = Dataset::load(&a.data_dir, Split::Test)?;
-    let bar = indicatif::ProgressBar::new((methods.len() * a.seeds.len()) as u64);
-    if a.json {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "[{elapsed_precise}] [{bar:30}] {pos}/{len} {msg}",
-        )?
-        .progress_chars("=> "),
-    );
+    let bar = super::report::steps_bar(methods.len() * a.seeds.len(), a.json)?;
     let mut rows: Vec<(String, Vec<Scored>)> = Vec::new();
     for m in &methods {
         let mut per_seed = Vec::new();

@@ -573,6 +573,54 @@ fn softmax(z: &[f32]) -> Vec<f32> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_specialist_learns_its_classes_and_the_dustbin_from_a_known_teacher() {
+        use crate::data::Dataset;
+        use crate::train::fit::tests::{config, tiny_data, tiny_mlp};
+        use crate::train::fit::{OptimizerKind, Trainer};
+        use crate::train::model::Layer;
+        let data = tiny_data();
+        let n = data.len();
+        // A teacher that knows the answer: logit 4 on the true class.
+        let mut z = vec![0f32; n * 3];
+        for (i, &y) in data.labels.iter().enumerate() {
+            z[i * 3 + y as usize] = 4.0;
+        }
+        let teacher = Logits::new(z, 3, (0..n).collect(), false).unwrap();
+        let specialty = Specialty::new(vec![1, 0], 3).unwrap();
+        let labels: Vec<u8> = data
+            .labels
+            .iter()
+            .map(|&y| specialty.label(y as u32) as u8)
+            .collect();
+        let names = ["b", "a", "dustbin"].map(String::from).to_vec();
+        let special = std::sync::Arc::new(
+            Dataset::new(data.images.clone(), labels, data.rows, data.cols, names).unwrap(),
+        );
+        let mut spec = tiny_mlp();
+        *spec.layers.last_mut().unwrap() = Layer::Dense {
+            units: specialty.outputs(),
+        };
+        // No shifts: on these 8×8 images the class is the brightness,
+        // which a shift's black border changes.
+        let cfg = crate::train::fit::FitConfig {
+            epochs: 8,
+            augment: Default::default(),
+            ..config(OptimizerKind::Adamw)
+        };
+        let mut t = Trainer::new(spec, cfg).unwrap();
+        let all: Vec<u32> = data.labels.iter().map(|&y| y as u32).collect();
+        let picked = oversampled_indices(&all, &specialty, 3);
+        let objective = SpecialistObjective::new(&specialty, &teacher, 2.0, 0.5);
+        for _ in 0..8 {
+            t.train_epoch(&special, &picked, &objective, |_| {})
+                .unwrap();
+        }
+        let idx: Vec<usize> = (0..n).collect();
+        let eval = t.evaluate(&special, &idx).unwrap();
+        assert!(eval.accuracy > 0.8, "accuracy {}", eval.accuracy);
+    }
+
     /// Asserts that `r` failed with a message containing `needle`.
     fn fails<T: std::fmt::Debug>(r: Result<T, SpecialistError>, needle: &str) {
         let message = r.expect_err("expected an error").to_string();
