@@ -623,6 +623,31 @@ fn cli_cross_resolution_student_sees_14x14_and_deploys_at_28x28() {
         (e["accuracy"].as_f64().unwrap() - reported).abs() < 1e-9,
         "{e} vs {trained}"
     );
+    // The recipe's `downsample = 2` on the 28×28 DS-CNN spec is the same
+    // student: the same seed trains the same weights.
+    let viewed = temp("cross-resolution-recipe.onnx");
+    let r = tinykd_cli(&[
+        "distill",
+        "--teacher",
+        "models/teachers/cnn.onnx",
+        "--student",
+        "models/students/ds-cnn.toml",
+        "--recipe",
+        "models/recipes/cross-resolution.toml",
+        "--limit",
+        "500",
+        "--val",
+        "100",
+        "--epochs",
+        "1",
+        "--json",
+        "--out",
+        viewed.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let other: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(other["macs"], trained["macs"]);
+    assert_eq!(other["test"]["accuracy"], trained["test"]["accuracy"]);
 }
 
 #[test]

@@ -47,7 +47,7 @@ pub fn mutual(a: &DistillArgs, recipe: &Recipe) -> Result<()> {
             let mut cfg = recipe.fit.clone();
             // Mutual learning needs students that start apart.
             cfg.seed += k as u64;
-            let mut t = Trainer::new(load_spec(spec)?, cfg)?;
+            let mut t = Trainer::new(recipe.student_view(load_spec(spec)?), cfg)?;
             t.set_tag("recipe", recipe.to_toml());
             t
         };

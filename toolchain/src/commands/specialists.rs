@@ -96,7 +96,7 @@ pub fn specialists(a: &DistillArgs, recipe: &Recipe, cfg: &SpecialistConfig) -> 
         .cached_logits(train, idx, norm, a.cache_dir(), quiet)?
         .remove(0);
     let (generalist_spec, generalist_params) = tinykd::prune::load_student(&checkpoint_path(&out))?;
-    let student = load_spec(a.student())?;
+    let student = recipe.student_view(load_spec(a.student())?);
     if generalist_spec.layers != student.layers {
         bail!(
             "{}: not a run of the student {}",

@@ -881,7 +881,8 @@ pub(super) fn distill_one(a: &DistillArgs) -> Result<()> {
             t
         }
         None => {
-            let spec = load_spec(&a.pair.student)?;
+            let spec = recipe.student_view(load_spec(&a.pair.student)?);
+            spec.cost()?;
             let mut t = match &a.init {
                 Some(path) => {
                     let (init_spec, params) = tinykd::prune::load_student(path)?;
@@ -1084,7 +1085,7 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
     )?;
     apply_transfer(&base, &mut data)?;
     let targets = teacher_targets(&base, &ensemble, &data, &a.pair.cache_dir, a.json)?;
-    let spec = load_spec(&a.pair.student)?;
+    let spec = base.student_view(load_spec(&a.pair.student)?);
     let mut trials = Vec::new();
     for &temperature in &a.temperatures {
         for &alpha in &a.alphas {

@@ -7,6 +7,7 @@ use super::specialists::SpecialistConfig;
 use crate::data::Augment;
 use crate::teacher::EnsembleMode;
 use crate::train::fit::FitConfig;
+use crate::train::model::{Layer, ModelSpec};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -75,6 +76,11 @@ pub struct Recipe {
     /// Specialists with a dustbin class trained after the student (its
     /// generalist) on the classes the teacher confuses (Hinton et al. §5).
     pub specialists: Option<SpecialistConfig>,
+    /// Cross-resolution transfer: the student sees the image average-pooled
+    /// by this factor (an `avg_pool` layer put before its first), while the
+    /// teacher sees it whole; 1 = the same view. The exported student takes
+    /// the full-size input.
+    pub downsample: usize,
     /// Training settings (`fit.unlabeled = true` for a transfer set without labels).
     pub fit: FitConfig,
 }
@@ -96,6 +102,7 @@ impl Default for Recipe {
             hint_epochs: 0,
             peers: Vec::new(),
             specialists: None,
+            downsample: 1,
             fit: FitConfig::default(),
         }
     }
@@ -198,6 +205,21 @@ pub struct RecipeError {
 }
 
 impl Recipe {
+    /// `student` as this recipe trains it: behind an `avg_pool` of
+    /// [`Recipe::downsample`] when that is > 1.
+    pub fn student_view(&self, mut student: ModelSpec) -> ModelSpec {
+        if self.downsample > 1 {
+            student.layers.insert(
+                0,
+                Layer::AvgPool {
+                    size: self.downsample,
+                },
+            );
+            student.name = format!("{}-pool{}", student.name, self.downsample);
+        }
+        student
+    }
+
     /// Reads and checks a TOML recipe.
     pub fn from_toml_file(path: &Path) -> Result<Self, RecipeError> {
         let err = |reason: String| RecipeError {
@@ -242,6 +264,9 @@ impl Recipe {
                     s.count, s.top_k, s.max_size
                 ));
             }
+        }
+        if self.downsample == 0 {
+            return Err("downsample must be ≥ 1 (1: the student sees the full image)".into());
         }
         if self.generations == 0 {
             return Err("generations must be ≥ 1".into());
@@ -310,6 +335,23 @@ mod tests {
         assert!(zero.check().unwrap_err().contains("generations"));
         assert_eq!("2,1".parse(), Ok(TeacherWeights::Fixed(vec![2.0, 1.0])));
         assert!("2,x".parse::<TeacherWeights>().unwrap_err().contains("'x'"));
+    }
+
+    #[test]
+    fn downsample_puts_an_average_pool_before_the_student() {
+        let r: Recipe = toml::from_str("downsample = 2").unwrap();
+        let spec = ModelSpec::ds_block();
+        let seen = r.student_view(spec.clone());
+        assert_eq!(seen.layers[0], Layer::AvgPool { size: 2 });
+        assert_eq!(&seen.layers[1..], spec.layers.as_slice());
+        assert_eq!(seen.input, spec.input);
+        assert!(2 * seen.cost().unwrap().macs < spec.cost().unwrap().macs);
+        assert_eq!(Recipe::default().student_view(spec.clone()), spec);
+        let zero = Recipe {
+            downsample: 0,
+            ..Recipe::default()
+        };
+        assert!(zero.check().unwrap_err().contains("downsample"));
     }
 
     #[test]
