@@ -27,6 +27,13 @@ pub fn mutual(a: &DistillArgs, recipe: &Recipe) -> Result<()> {
     if !a.teachers().is_empty() || a.qat || a.init.is_some() {
         bail!("mutual learning (--peer) trains its students from scratch without a teacher: drop --teacher, --qat and --init");
     }
+    if !recipe.assistants.is_empty()
+        || recipe.generations > 1
+        || recipe.specialists.is_some()
+        || !recipe.features.is_empty()
+    {
+        bail!("mutual learning (peers) does not combine with assistants, generations, specialists or feature pairs");
+    }
     if recipe.fit.unlabeled {
         bail!("mutual learning needs the labels (fit.unlabeled is set)");
     }

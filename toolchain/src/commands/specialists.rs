@@ -59,6 +59,9 @@ pub fn specialists(a: &DistillArgs, recipe: &Recipe, cfg: &SpecialistConfig) -> 
     if a.qat {
         bail!("specialists train in float: quantize the written models afterwards");
     }
+    if !recipe.assistants.is_empty() || recipe.generations > 1 {
+        bail!("specialists follow one distillation of the generalist: drop the assistants and generations");
+    }
     if !(a.run.resume && stage_done(&out)) {
         if !a.run.json {
             eprintln!("specialists: the generalist");
