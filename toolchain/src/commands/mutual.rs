@@ -59,10 +59,9 @@ pub fn mutual(a: &DistillArgs, recipe: &Recipe) -> Result<()> {
             t
         };
         bind_split(&mut t, &run)?;
-        if t.spec().input
-            != cohort
-                .first()
-                .map_or(t.spec().input.clone(), |c: &Trainer| c.spec().input.clone())
+        if cohort
+            .first()
+            .is_some_and(|c: &Trainer| c.spec().input != t.spec().input)
         {
             bail!("{spec}: the peers must take the student's input shape");
         }

@@ -977,7 +977,7 @@ pub(super) fn distill_fit(
             norm,
         )
         .map_err(|e| anyhow::anyhow!("distill: {e}"))?;
-        let adapters = matcher.adapters(trainer.spec());
+        let adapters = matcher.adapters();
         match trainer.adapters() {
             None => trainer.add_adapters(adapters)?,
             Some(a) if a.specs() == adapters.as_slice() => {}

@@ -58,6 +58,8 @@ pub struct FeatureMatcher {
     pairs: Vec<FeaturePair>,
     /// The teacher value of each pair (index into the runner's names).
     value: Vec<usize>,
+    /// The channels (or features) of each pair's student layer.
+    student_channels: Vec<usize>,
     teacher: TeacherFeatures,
     hint_epochs: usize,
     data_norm: Normalization,
@@ -96,9 +98,10 @@ impl FeatureMatcher {
         student
             .walk(|i, _, _, out| shapes[i] = Some(out.to_vec()))
             .map_err(|e| e.to_string())?;
-        let matcher = Self {
+        let mut matcher = Self {
             pairs: pairs.to_vec(),
             value,
+            student_channels: Vec::with_capacity(pairs.len()),
             teacher: runner,
             hint_epochs,
             data_norm,
@@ -126,6 +129,7 @@ impl FeatureMatcher {
                     p.loss, p.weight, p.student, p.teacher
                 ));
             }
+            matcher.student_channels.push(s[0]);
         }
         if hint_epochs > 0 && !pairs.iter().any(|p| p.loss == FeatureLoss::Hint) {
             return Err(format!(
@@ -136,16 +140,14 @@ impl FeatureMatcher {
     }
 
     /// The regressors of the hint pairs (student channels → teacher's).
-    pub fn adapters(&self, student: &ModelSpec) -> Vec<AdapterSpec> {
-        let mut shapes = vec![Vec::new(); student.layers.len()];
-        let _ = student.walk(|i, _, _, out| shapes[i] = out.to_vec());
+    pub fn adapters(&self) -> Vec<AdapterSpec> {
         self.pairs
             .iter()
             .enumerate()
             .filter(|(_, p)| p.loss == FeatureLoss::Hint)
-            .map(|(k, p)| AdapterSpec {
+            .map(|(k, _)| AdapterSpec {
                 name: adapter_name(k),
-                inputs: shapes[p.student][0],
+                inputs: self.student_channels[k],
                 outputs: self.teacher.dims(self.value[k])[0],
             })
             .collect()
@@ -278,7 +280,7 @@ mod tests {
             let m = FeatureMatcher::new(std::slice::from_ref(&p), 0, &teacher, &student(), norm)
                 .unwrap();
             let mut t = Trainer::new(student(), config(OptimizerKind::Adamw)).unwrap();
-            t.add_adapters(m.adapters(&student())).unwrap();
+            t.add_adapters(m.adapters()).unwrap();
             let first = t.train_epoch(&data, &idx, &Only(&m), |_| {}).unwrap();
             t.train_epoch(&data, &idx, &Only(&m), |_| {}).unwrap();
             let last = t.train_epoch(&data, &idx, &Only(&m), |_| {}).unwrap();
@@ -310,7 +312,7 @@ mod tests {
         };
         let norm = Normalization::default();
         let m = FeatureMatcher::new(&recipe.features, 1, &teacher, &student(), norm).unwrap();
-        let adapters = m.adapters(&student());
+        let adapters = m.adapters();
         assert_eq!((adapters[0].inputs, adapters[0].outputs), (2, 4));
         let ensemble = Ensemble::new(vec![(teacher, 1.0)], EnsembleMode::Arithmetic).unwrap();
         let objective = Distiller::new(&recipe, Some(&ensemble), Targets::Live, norm)

@@ -563,10 +563,8 @@ pub fn score_system(
 
 /// `softmax(z)` of one row, in f64 internally.
 fn softmax(z: &[f32]) -> Vec<f32> {
-    let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let e: Vec<f64> = z.iter().map(|&v| (v as f64 - max).exp()).collect();
-    let sum: f64 = e.iter().sum();
-    e.iter().map(|v| (v / sum) as f32).collect()
+    let z: Vec<f64> = z.iter().map(|&v| f64::from(v)).collect();
+    log_softmax(&z).iter().map(|l| l.exp() as f32).collect()
 }
 
 #[cfg(test)]
